@@ -1,0 +1,79 @@
+/**
+ * Every change to routing state is one of these events. Local observations (admin writes, probe
+ * results, routing decisions) and, later, events received from peers go through the same
+ * `Replica.apply`, whose merge rules make the order and duplication of events irrelevant.
+ *
+ * Events are plain JSON-serialisable data: the mesh will gossip them and the store will append
+ * them as they are.
+ */
+import type { Hlc } from './hlc.js';
+import type { EngineLoad, WorkerSpec, WorkerStatus } from './worker.js';
+
+/** Registry: LWW register per worker id over (hlc); a removal is a tombstone that wins by hlc. */
+export interface WorkerUpsertEvent {
+  kind: 'worker.upsert';
+  id: string;
+  spec: WorkerSpec;
+  hlc: Hlc;
+}
+
+export interface WorkerRemoveEvent {
+  kind: 'worker.remove';
+  id: string;
+  hlc: Hlc;
+}
+
+/** Health: LWW register per worker id over the observations of its probers. */
+export interface WorkerHealthEvent {
+  kind: 'worker.health';
+  id: string;
+  status: WorkerStatus;
+  hlc: Hlc;
+}
+
+/** Engine-reported load (polled `/v1/loads`): LWW register per worker id. */
+export interface WorkerEngineLoadEvent {
+  kind: 'worker.engine_load';
+  id: string;
+  load: EngineLoad;
+  hlc: Hlc;
+}
+
+/**
+ * A node's in-flight requests per worker. Soft state keyed by origin: the snapshot with the higher
+ * `seq` wins, and it expires `ttlMs` after `at`. The local node's own numbers are read live from
+ * its load guards, so its own snapshots only matter to peers.
+ */
+export interface LoadSnapshotEvent {
+  kind: 'load.snapshot';
+  origin: string;
+  seq: number;
+  at: number;
+  ttlMs: number;
+  inflight: Record<string, number>;
+}
+
+/**
+ * Prefix-cache index delta: `worker` now holds the chained block hashes `hashes` of a prompt of
+ * `model`, continuing the chain after `anchor` (the deepest block the worker already held, 0 when
+ * none). Merge: per (hash, worker) keep the max `seen`; union otherwise.
+ */
+export interface CacheBlocksEvent {
+  kind: 'cache.blocks';
+  model: string;
+  worker: string;
+  anchor: number;
+  hashes: number[];
+  /** packed HLC (see packHlc): recency for LRU eviction */
+  seen: number;
+}
+
+export type StateEvent =
+  | WorkerUpsertEvent
+  | WorkerRemoveEvent
+  | WorkerHealthEvent
+  | WorkerEngineLoadEvent
+  | LoadSnapshotEvent
+  | CacheBlocksEvent;
+
+export type StateEventKind = StateEvent['kind'];

@@ -1,0 +1,169 @@
+/**
+ * The worker registry and worker health as CRDTs, and the read views routing uses.
+ *
+ * Registry: a last-writer-wins map keyed by worker id, ordered by HLC, with remove-wins tombstones:
+ * a removed id is dead for good (re-registering a URL mints a new id), so upserts and removals
+ * commute whatever their timestamps. Health is a
+ * separate LWW register per worker id (a health event may arrive before the worker it describes).
+ *
+ * Views are rebuilt when the registry or a worker's health changes (rare) so that routing reads
+ * plain arrays on the hot path.
+ */
+import type { WorkerHealthEvent, WorkerRemoveEvent, WorkerUpsertEvent } from './events.js';
+import { compareHlc, type Hlc } from './hlc.js';
+import type { WorkerSpec, WorkerStatus } from './worker.js';
+
+export interface WorkerView {
+  readonly id: string;
+  readonly url: string;
+  readonly spec: WorkerSpec;
+  /** models served; empty = any model */
+  readonly models: readonly string[];
+  readonly status: WorkerStatus;
+  /** `ready`: may receive traffic (the circuit breaker may still refuse it) */
+  readonly routable: boolean;
+  /** HLC of the registry write that produced this spec */
+  readonly version: Hlc;
+}
+
+interface RegistryEntry {
+  hlc: Hlc;
+  removed: boolean;
+  spec?: WorkerSpec;
+}
+
+export class WorkerRegistry {
+  private readonly entries = new Map<string, RegistryEntry>();
+  private readonly health = new Map<string, { hlc: Hlc; status: WorkerStatus }>();
+
+  private views = new Map<string, WorkerView>();
+  private all: WorkerView[] = [];
+  private byModel = new Map<string, WorkerView[]>();
+  private wildcard: WorkerView[] = [];
+  private routableByModel = new Map<string, WorkerView[]>();
+  private routableWildcard: WorkerView[] = [];
+  private routableAll: WorkerView[] = [];
+  private byUrl = new Map<string, WorkerView>();
+
+  applyUpsert(ev: WorkerUpsertEvent): boolean {
+    const cur = this.entries.get(ev.id);
+    if (cur && (cur.removed || compareHlc(cur.hlc, ev.hlc) >= 0)) return false;
+    this.entries.set(ev.id, { hlc: ev.hlc, removed: false, spec: ev.spec });
+    this.rebuild();
+    return true;
+  }
+
+  applyRemove(ev: WorkerRemoveEvent): boolean {
+    const cur = this.entries.get(ev.id);
+    if (cur?.removed) {
+      // keep the latest removal time so replicas agree whatever the order of duplicate removals
+      if (compareHlc(ev.hlc, cur.hlc) > 0) cur.hlc = ev.hlc;
+      return false;
+    }
+    this.entries.set(ev.id, { hlc: ev.hlc, removed: true });
+    this.rebuild();
+    return true;
+  }
+
+  applyHealth(ev: WorkerHealthEvent): boolean {
+    const cur = this.health.get(ev.id);
+    if (cur && compareHlc(cur.hlc, ev.hlc) >= 0) return false;
+    this.health.set(ev.id, { hlc: ev.hlc, status: ev.status });
+    if (this.entries.get(ev.id)?.removed === false) this.rebuild();
+    return true;
+  }
+
+  /** true when the id was registered once and then removed */
+  isRemoved(id: string): boolean {
+    return this.entries.get(id)?.removed === true;
+  }
+
+  get(id: string): WorkerView | undefined {
+    return this.views.get(id);
+  }
+
+  getByUrl(url: string): WorkerView | undefined {
+    return this.byUrl.get(url);
+  }
+
+  list(): readonly WorkerView[] {
+    return this.all;
+  }
+
+  /** every model id some worker declares, sorted */
+  models(): string[] {
+    return [...this.byModel.keys()].sort();
+  }
+
+  /** workers that serve `model` (including wildcard workers), routable or not */
+  forModel(model: string): readonly WorkerView[] {
+    const named = this.byModel.get(model);
+    if (!named) return this.wildcard;
+    return this.wildcard.length === 0 ? named : [...named, ...this.wildcard];
+  }
+
+  hasModel(model: string): boolean {
+    return this.byModel.has(model);
+  }
+
+  /** routable workers for `model`; `undefined` = every routable worker */
+  routable(model?: string): readonly WorkerView[] {
+    if (model === undefined) return this.routableAll;
+    const named = this.routableByModel.get(model);
+    if (!named) return this.routableWildcard;
+    return named;
+  }
+
+  private rebuild(): void {
+    const views = new Map<string, WorkerView>();
+    const all: WorkerView[] = [];
+    const byModel = new Map<string, WorkerView[]>();
+    const wildcard: WorkerView[] = [];
+    const byUrl = new Map<string, WorkerView>();
+    for (const [id, e] of this.entries) {
+      if (e.removed || !e.spec) continue;
+      const status = this.health.get(id)?.status ?? 'pending';
+      const prev = this.views.get(id);
+      const view: WorkerView =
+        prev && prev.spec === e.spec && prev.status === status
+          ? prev
+          : {
+              id,
+              url: e.spec.url,
+              spec: e.spec,
+              models: e.spec.models,
+              status,
+              routable: status === 'ready',
+              version: e.hlc,
+            };
+      views.set(id, view);
+      all.push(view);
+      byUrl.set(view.url, view);
+      if (view.models.length === 0) wildcard.push(view);
+      for (const m of view.models) {
+        let list = byModel.get(m);
+        if (!list) byModel.set(m, (list = []));
+        list.push(view);
+      }
+    }
+    // stable order: by URL, so policies that pick "the first" are deterministic across peers
+    const byUrlOrder = (a: WorkerView, b: WorkerView) => (a.url < b.url ? -1 : a.url > b.url ? 1 : 0);
+    all.sort(byUrlOrder);
+    wildcard.sort(byUrlOrder);
+    const routableByModel = new Map<string, WorkerView[]>();
+    const routableWildcard = wildcard.filter((w) => w.routable);
+    for (const [m, list] of byModel) {
+      list.sort(byUrlOrder);
+      const r = list.filter((w) => w.routable);
+      routableByModel.set(m, routableWildcard.length === 0 ? r : [...r, ...routableWildcard]);
+    }
+    this.views = views;
+    this.all = all;
+    this.byModel = byModel;
+    this.wildcard = wildcard;
+    this.byUrl = byUrl;
+    this.routableByModel = routableByModel;
+    this.routableWildcard = routableWildcard;
+    this.routableAll = all.filter((w) => w.routable);
+  }
+}

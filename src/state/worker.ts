@@ -1,0 +1,52 @@
+/**
+ * The worker as the replicated registry knows it. Plain data only: the zod schema that validates
+ * an incoming WorkerSpec lives in src/protocols; this module only names the shape.
+ */
+
+export type WorkerType = 'regular' | 'prefill' | 'decode' | 'encode';
+export type ConnectionMode = 'http' | 'grpc';
+/** SMG's worker states; only `ready` workers (whose circuit allows) are routable. */
+export type WorkerStatus = 'pending' | 'ready' | 'not_ready' | 'failed' | 'draining';
+
+export interface WorkerHealthConfig {
+  timeout_secs?: number;
+  check_interval_secs?: number;
+  success_threshold?: number;
+  failure_threshold?: number;
+  disable_health_check?: boolean;
+  drain_settle_secs?: number;
+}
+
+export interface WorkerSpec {
+  url: string;
+  /** model ids this worker serves; empty = discovered at registration, or wildcard if discovery found none */
+  models: string[];
+  worker_type: WorkerType;
+  connection_mode: ConnectionMode;
+  runtime: string;
+  provider?: string;
+  labels: Record<string, string>;
+  priority: number;
+  cost: number;
+  /** write-only: sent to the worker as a bearer token, never returned by the API */
+  api_key?: string;
+  bootstrap_port?: number;
+  health: WorkerHealthConfig;
+  http_pool?: Record<string, number>;
+  resilience?: Record<string, unknown>;
+  max_connection_attempts: number;
+  load_monitor_interval_secs?: number;
+}
+
+/** What `/v1/loads` (or `/metrics`) of an engine reported; feeds least_load and power_of_two. */
+export interface EngineLoad {
+  /** fraction of KV cache in use, 0..1 */
+  tokenUsage: number;
+  numRunningReqs: number;
+  numWaitingReqs: number;
+  numWaitingUncachedTokens: number;
+  /** tokens/s, 0 when unknown */
+  genThroughput: number;
+  /** absolute used tokens, -1 if unknown */
+  numUsedTokens: number;
+}
