@@ -1,0 +1,945 @@
+/**
+ * `smg launch` configuration: turns argv, `SMG_*` environment variables and an optional `--config`
+ * file into one validated {@link Config}. Precedence, highest first: command-line flags, environment,
+ * config file, SMG's defaults (inventory §1).
+ *
+ * One zod object ({@link LaunchSchema}) describes every value whatever its source; its error
+ * messages name the flag, so a bad value in a file reads the same as a bad value on the command
+ * line. This module owns parsing and validation only: it never opens sockets, never logs and never
+ * exits the process; every problem is a thrown {@link ConfigError}.
+ */
+import { readFileSync } from 'node:fs';
+import { extname } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+import { POLICY_NAMES } from '../routing/types.js';
+import type { PolicyName } from '../routing/types.js';
+import type { Config, LogLevel } from './config-types.js';
+
+/** Any problem with the launch configuration; the message is meant for the user as is. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults (SMG's, inventory §1). Optional flags with no default (health-check-port, log-dir,
+// prometheus-duration-buckets) are absent here.
+
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const satisfies readonly LogLevel[];
+export const ASSIGNMENT_MODES = ['random', 'min_load', 'min_group'] as const;
+
+export const DEFAULT_REQUEST_ID_HEADERS = ['x-request-id', 'x-correlation-id', 'x-trace-id', 'request-id'];
+
+export const LAUNCH_DEFAULTS = {
+  host: '0.0.0.0',
+  port: 30000,
+  'worker-urls': [] as string[],
+  'max-payload-size': 536_870_912,
+  'request-timeout-secs': 1800,
+  'shutdown-grace-period-secs': 180,
+  'cors-allowed-origins': [] as string[],
+  policy: 'cache_aware' as PolicyName,
+  'cache-threshold': 0.3,
+  'balance-abs-threshold': 64,
+  'balance-rel-threshold': 1.5,
+  'balance-token-usage-threshold': 1.0,
+  'overload-token-usage-threshold': 1.0,
+  'eviction-interval': 120,
+  'max-tree-size': 67_108_864,
+  'block-size': 16,
+  'max-idle-secs': 14_400,
+  'assignment-mode': 'random' as (typeof ASSIGNMENT_MODES)[number],
+  'prefix-token-count': 256,
+  'prefix-hash-load-factor': 1.25,
+  'least-load-kv-pressure-weight': 0.15,
+  'least-load-default-throughput': 2000,
+  'least-load-mean-prefill-tokens': 1024,
+  'routing-key-override': false,
+  'enable-igw': false,
+  'model-alias': {} as Record<string, string>,
+  'prefix-block-chars': 32,
+  'load-monitor-interval': 10,
+  'health-failure-threshold': 3,
+  'health-success-threshold': 2,
+  'health-check-timeout-secs': 5,
+  'health-check-interval-secs': 60,
+  'health-check-endpoint': '/health',
+  'disable-health-check': false,
+  'remove-unhealthy-workers': false,
+  'drain-settle-secs': 5,
+  'log-level': 'info' as LogLevel,
+  'log-json': false,
+  'prometheus-host': '0.0.0.0',
+  'prometheus-port': 29000,
+  'request-id-headers': DEFAULT_REQUEST_ID_HEADERS,
+};
+const D = LAUNCH_DEFAULTS;
+
+// ---------------------------------------------------------------------------------------------
+// Field builders. Every error message is complete except for the `--flag: ` prefix.
+
+interface IssueInput {
+  readonly input?: unknown;
+}
+
+/** how a value is quoted in messages: strings JSON-quoted, everything else as JSON */
+function show(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+const NUMBER_RE = /^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$/;
+
+/** numeric strings become numbers; anything else is left for zod to reject with the raw value */
+function toNumber(v: unknown): unknown {
+  if (typeof v === 'string' && NUMBER_RE.test(v.trim())) return Number(v.trim());
+  return v;
+}
+
+function toBool(v: unknown): unknown {
+  if (typeof v !== 'string') return v;
+  const s = v.trim().toLowerCase();
+  return s === 'true' ? true : s === 'false' ? false : v;
+}
+
+/** a scalar where a list is expected counts as a one-element list */
+function toList(v: unknown): unknown {
+  return typeof v === 'string' || typeof v === 'number' ? [v] : v;
+}
+
+function int(min: number, max?: number) {
+  const expect =
+    max !== undefined
+      ? `an integer between ${min} and ${max}`
+      : min === 0
+        ? 'a non-negative integer'
+        : min === 1
+          ? 'a positive integer'
+          : `an integer >= ${min}`;
+  const error = (iss: IssueInput) => `must be ${expect}, got ${show(iss.input)}`;
+  return z.preprocess(
+    toNumber,
+    z
+      .number({ error })
+      .int({ error })
+      .min(min, { error })
+      .max(max ?? Number.MAX_SAFE_INTEGER, { error }),
+  );
+}
+
+/** `gt` is an exclusive lower bound, `min`/`max` inclusive */
+function num(bounds: { min?: number; max?: number; gt?: number }) {
+  const { min, max, gt } = bounds;
+  const expect =
+    min !== undefined && max !== undefined
+      ? `a number between ${min} and ${max}`
+      : gt === 0
+        ? 'a positive number'
+        : min === 0
+          ? 'a non-negative number'
+          : min !== undefined
+            ? `a number >= ${min}`
+            : 'a number';
+  const error = (iss: IssueInput) => `must be ${expect}, got ${show(iss.input)}`;
+  let n = z.number({ error });
+  if (min !== undefined) n = n.min(min, { error });
+  if (max !== undefined) n = n.max(max, { error });
+  if (gt !== undefined) n = n.gt(gt, { error });
+  return z.preprocess(toNumber, n);
+}
+
+const port = () => int(1, 65535);
+
+function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
+  return z.enum(values, {
+    error: (iss) => `invalid value ${show(iss.input)}; allowed: ${values.join(', ')}`,
+  });
+}
+
+function bool() {
+  return z.preprocess(toBool, z.boolean({ error: (iss) => `must be true or false, got ${show(iss.input)}` }));
+}
+
+function text() {
+  const error = (iss: IssueInput) => `must be a non-empty string, got ${show(iss.input)}`;
+  return z.string({ error }).min(1, { error });
+}
+
+function textList() {
+  const error = (iss: IssueInput) => `must be a list of non-empty strings, got ${show(iss.input)}`;
+  return z.preprocess(toList, z.array(text(), { error }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker URLs, model aliases, header names: values with structure of their own.
+
+const SCHEME_RE = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//;
+
+/**
+ * Validates and normalises one worker URL: a bare `host:port` means `http://host:port` (as in SMG),
+ * only http(s) is accepted, a trailing `/` is stripped. Kept as the user wrote it otherwise, since
+ * the URL is the worker's identity (admin API, metrics labels).
+ */
+export function checkWorkerUrl(raw: string): { ok: true; url: string } | { ok: false; reason: string } {
+  const trimmed = raw.trim();
+  if (trimmed === '') return { ok: false, reason: 'empty worker URL' };
+  const scheme = SCHEME_RE.exec(trimmed)?.[1];
+  if (scheme !== undefined && !/^https?$/i.test(scheme)) {
+    return {
+      ok: false,
+      reason: `unsupported scheme ${show(scheme.toLowerCase())} in ${trimmed}; only http and https are supported in this version`,
+    };
+  }
+  const withScheme = scheme === undefined ? `http://${trimmed}` : trimmed;
+  let parsed: URL;
+  try {
+    parsed = new URL(withScheme);
+  } catch {
+    return { ok: false, reason: `invalid URL ${show(raw)}` };
+  }
+  if (parsed.hostname === '') return { ok: false, reason: `invalid URL ${show(raw)} (no host)` };
+  if (parsed.search !== '' || parsed.hash !== '' || /[?#]/.test(withScheme)) {
+    return { ok: false, reason: `invalid URL ${show(raw)} (query strings and fragments are not allowed)` };
+  }
+  if (parsed.username !== '' || parsed.password !== '') {
+    return { ok: false, reason: `invalid URL ${show(raw)} (credentials are not allowed)` };
+  }
+  return { ok: true, url: withScheme.replace(/\/+$/, '') };
+}
+
+const workerUrls = z.preprocess(
+  toList,
+  z
+    .array(z.string(), {
+      error: (iss) => `must be a list of URLs, got ${show(iss.input)}`,
+    })
+    .transform((items, ctx) => {
+      const out: string[] = [];
+      for (const item of items.flatMap((s) => s.split(','))) {
+        if (item.trim() === '') continue;
+        const r = checkWorkerUrl(item);
+        if (!r.ok) {
+          ctx.addIssue({ code: 'custom', message: r.reason, input: item });
+        } else if (out.includes(r.url)) {
+          ctx.addIssue({ code: 'custom', message: `duplicate worker URL ${r.url}`, input: item });
+        } else {
+          out.push(r.url);
+        }
+      }
+      return out;
+    }),
+);
+
+/** `alias=canonical` entries (argv, env, list in a file) or a mapping (file) → alias map */
+const modelAliases = z.unknown().transform((value, ctx) => {
+  const out: Record<string, string> = {};
+  const fail = (message: string) => ctx.addIssue({ code: 'custom', message, input: value });
+  const add = (alias: string, canonical: string, shown: string) => {
+    if (alias === '' || canonical === '')
+      return fail(`malformed entry ${show(shown)}; expected alias=canonical`);
+    if (Object.hasOwn(out, alias) && out[alias] !== canonical) {
+      return fail(`alias ${show(alias)} is mapped twice (to ${show(out[alias])} and ${show(canonical)})`);
+    }
+    out[alias] = canonical;
+  };
+  const list = toList(value);
+  if (Array.isArray(list)) {
+    for (const entry of list) {
+      if (typeof entry !== 'string') {
+        fail(`malformed entry ${show(entry)}; expected alias=canonical`);
+        continue;
+      }
+      const eq = entry.indexOf('=');
+      if (eq < 0) fail(`malformed entry ${show(entry)}; expected alias=canonical`);
+      else add(entry.slice(0, eq).trim(), entry.slice(eq + 1).trim(), entry);
+    }
+  } else if (typeof list === 'object' && list !== null) {
+    for (const [alias, canonical] of Object.entries(list)) {
+      if (typeof canonical !== 'string')
+        fail(`alias ${show(alias)} must map to a string, got ${show(canonical)}`);
+      else add(alias.trim(), canonical.trim(), `${alias}=${canonical}`);
+    }
+  } else {
+    fail(`must be a list of alias=canonical entries, got ${show(value)}`);
+  }
+  return out;
+});
+
+const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
+
+const requestIdHeaders = z.preprocess(
+  (v) => {
+    const list = toList(v);
+    return Array.isArray(list) ? list.map((h) => (typeof h === 'string' ? h.trim().toLowerCase() : h)) : list;
+  },
+  z
+    .array(
+      z.string({ error: (iss) => `must be a header name, got ${show(iss.input)}` }).regex(HEADER_NAME_RE, {
+        error: (iss) => `invalid header name ${show(iss.input)}`,
+      }),
+      { error: (iss) => `must be a list of header names, got ${show(iss.input)}` },
+    )
+    .transform((names) => [...new Set(names)]),
+);
+
+const durationBuckets = z.preprocess(
+  (v) => {
+    const list = toList(v);
+    return Array.isArray(list) ? list.map(toNumber) : list;
+  },
+  z
+    .array(
+      z.number({ error: (iss) => `must be a positive number, got ${show(iss.input)}` }).gt(0, {
+        error: (iss) => `must be a positive number, got ${show(iss.input)}`,
+      }),
+      { error: (iss) => `must be a list of bucket bounds in seconds, got ${show(iss.input)}` },
+    )
+    .min(1, { error: 'must list at least one bucket bound' })
+    .superRefine((buckets, ctx) => {
+      for (let i = 1; i < buckets.length; i++) {
+        if (buckets[i] <= buckets[i - 1]) {
+          ctx.addIssue({
+            code: 'custom',
+            message: `bucket bounds must be strictly increasing, got ${buckets[i - 1]} then ${buckets[i]}`,
+            input: buckets,
+          });
+          return;
+        }
+      }
+    }),
+);
+
+// ---------------------------------------------------------------------------------------------
+// The schema: one key per flag, in SMG spelling without the leading `--`.
+
+const LAUNCH_SHAPE = {
+  // §1.1 workers / server
+  host: text().default(D.host),
+  port: port().default(D.port),
+  'health-check-port': port().optional(),
+  'worker-urls': workerUrls.default(D['worker-urls']),
+  'max-payload-size': int(1).default(D['max-payload-size']),
+  'request-timeout-secs': int(1).default(D['request-timeout-secs']),
+  'shutdown-grace-period-secs': int(0).default(D['shutdown-grace-period-secs']),
+  'cors-allowed-origins': textList().default(D['cors-allowed-origins']),
+  // §1.2 routing
+  policy: oneOf(POLICY_NAMES).default(D.policy),
+  'cache-threshold': num({ min: 0, max: 1 }).default(D['cache-threshold']),
+  'balance-abs-threshold': int(0).default(D['balance-abs-threshold']),
+  'balance-rel-threshold': num({ min: 0 }).default(D['balance-rel-threshold']),
+  'balance-token-usage-threshold': num({ min: 0, max: 1 }).default(D['balance-token-usage-threshold']),
+  'overload-token-usage-threshold': num({ min: 0, max: 1 }).default(D['overload-token-usage-threshold']),
+  'eviction-interval': int(1).default(D['eviction-interval']),
+  'max-tree-size': int(1).default(D['max-tree-size']),
+  'block-size': int(1).default(D['block-size']),
+  'max-idle-secs': int(1).default(D['max-idle-secs']),
+  'assignment-mode': oneOf(ASSIGNMENT_MODES).default(D['assignment-mode']),
+  'prefix-token-count': int(1).default(D['prefix-token-count']),
+  'prefix-hash-load-factor': num({ min: 1 }).default(D['prefix-hash-load-factor']),
+  'least-load-kv-pressure-weight': num({ min: 0 }).default(D['least-load-kv-pressure-weight']),
+  'least-load-default-throughput': num({ gt: 0 }).default(D['least-load-default-throughput']),
+  'least-load-mean-prefill-tokens': num({ gt: 0 }).default(D['least-load-mean-prefill-tokens']),
+  'routing-key-override': bool().default(D['routing-key-override']),
+  'enable-igw': bool().default(D['enable-igw']),
+  'model-alias': modelAliases.default(D['model-alias']),
+  'prefix-block-chars': int(8, 4096).default(D['prefix-block-chars']),
+  // §1.4 load monitoring
+  'load-monitor-interval': int(1).default(D['load-monitor-interval']),
+  // §1.7 health
+  'health-failure-threshold': int(1).default(D['health-failure-threshold']),
+  'health-success-threshold': int(1).default(D['health-success-threshold']),
+  'health-check-timeout-secs': int(1).default(D['health-check-timeout-secs']),
+  'health-check-interval-secs': int(1).default(D['health-check-interval-secs']),
+  'health-check-endpoint': z
+    .string({ error: (iss) => `must be a path starting with "/", got ${show(iss.input)}` })
+    .startsWith('/', { error: (iss) => `must start with "/", got ${show(iss.input)}` })
+    .default(D['health-check-endpoint']),
+  'disable-health-check': bool().default(D['disable-health-check']),
+  'remove-unhealthy-workers': bool().default(D['remove-unhealthy-workers']),
+  'drain-settle-secs': int(0).default(D['drain-settle-secs']),
+  // §1.10 observability
+  'log-dir': text().optional(),
+  'log-level': oneOf(LOG_LEVELS).default(D['log-level']),
+  'log-json': bool().default(D['log-json']),
+  'prometheus-host': text().default(D['prometheus-host']),
+  'prometheus-port': port().default(D['prometheus-port']),
+  'prometheus-duration-buckets': durationBuckets.optional(),
+  'request-id-headers': requestIdHeaders.default(D['request-id-headers']),
+};
+
+export type LaunchKey = keyof typeof LAUNCH_SHAPE;
+
+/** The file/flag values of `smg launch`, keyed by flag name; cross-field rules included. */
+export const LaunchSchema = z.object(LAUNCH_SHAPE).superRefine((v, ctx) => {
+  if (ctx.issues.length > 0) return; // compare ports only once each is valid on its own
+  if (v['health-check-port'] !== undefined && v['health-check-port'] === v.port) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['health-check-port'],
+      message: `must differ from --port (both are ${v.port})`,
+    });
+  }
+  if (v['prometheus-port'] === v.port) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['prometheus-port'],
+      message: `must differ from --port (both are ${v.port})`,
+    });
+  }
+  if (v['health-check-port'] !== undefined && v['health-check-port'] === v['prometheus-port']) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['health-check-port'],
+      message: `must differ from --prometheus-port (both are ${v['prometheus-port']})`,
+    });
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// What the command line knows about each flag: how it takes values, and its help line.
+
+export type FlagGroup = 'Workers/server' | 'Routing' | 'Health' | 'Observability';
+
+export interface FlagInfo {
+  group: FlagGroup;
+  /** `value`: exactly one; `list`: one or more, until the next flag, repeatable; `switch`: none */
+  arity: 'value' | 'list' | 'switch';
+  /** value placeholder shown in help */
+  placeholder?: string;
+  /** help shown for the default when it is not simply the default value */
+  defaultText?: string;
+  help: string;
+}
+
+const W: FlagGroup = 'Workers/server';
+const R: FlagGroup = 'Routing';
+const H: FlagGroup = 'Health';
+const O: FlagGroup = 'Observability';
+
+export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
+  host: { group: W, arity: 'value', placeholder: 'ADDR', help: 'bind address of the main listener' },
+  port: { group: W, arity: 'value', placeholder: 'PORT', help: 'main HTTP port' },
+  'health-check-port': {
+    group: W,
+    arity: 'value',
+    placeholder: 'PORT',
+    defaultText: 'unset',
+    help: 'extra listener for /liveness, /readiness, /health only',
+  },
+  'worker-urls': {
+    group: W,
+    arity: 'list',
+    placeholder: 'URL...',
+    defaultText: 'none',
+    help: 'worker base URLs, http(s); host:port means http; commas ok',
+  },
+  'max-payload-size': { group: W, arity: 'value', placeholder: 'BYTES', help: 'request body size limit' },
+  'request-timeout-secs': { group: W, arity: 'value', placeholder: 'SECS', help: 'upstream request timeout' },
+  'shutdown-grace-period-secs': {
+    group: W,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'time for in-flight requests to finish on shutdown',
+  },
+  'cors-allowed-origins': {
+    group: W,
+    arity: 'list',
+    placeholder: 'ORIGIN...',
+    defaultText: 'none (any origin)',
+    help: 'allowed CORS origins',
+  },
+  policy: {
+    group: R,
+    arity: 'value',
+    placeholder: 'NAME',
+    help: `routing policy: ${POLICY_NAMES.join(', ')}`,
+  },
+  'cache-threshold': {
+    group: R,
+    arity: 'value',
+    placeholder: '0..1',
+    help: 'cache_aware: prefix-match ratio needed to follow the cache',
+  },
+  'balance-abs-threshold': {
+    group: R,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'cache_aware/bucket: load gap that counts as imbalance',
+  },
+  'balance-rel-threshold': {
+    group: R,
+    arity: 'value',
+    placeholder: 'X',
+    help: 'cache_aware/bucket: load ratio that counts as imbalance',
+  },
+  'balance-token-usage-threshold': {
+    group: R,
+    arity: 'value',
+    placeholder: '0..1',
+    defaultText: '1.0 (off)',
+    help: 'cache_aware: KV-usage spread that triggers balancing',
+  },
+  'overload-token-usage-threshold': {
+    group: R,
+    arity: 'value',
+    placeholder: '0..1',
+    defaultText: '1.0 (off)',
+    help: 'cache_aware: KV-usage ceiling that triggers balancing',
+  },
+  'eviction-interval': {
+    group: R,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'cache_aware tree and manual sticky-map eviction period',
+  },
+  'max-tree-size': {
+    group: R,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'cache_aware: characters kept per prefix tree',
+  },
+  'block-size': { group: R, arity: 'value', placeholder: 'N', help: 'KV block size (tokens) of the engines' },
+  'max-idle-secs': {
+    group: R,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'manual: idle time before a sticky key is forgotten',
+  },
+  'assignment-mode': {
+    group: R,
+    arity: 'value',
+    placeholder: 'MODE',
+    help: `manual: how new keys are assigned: ${ASSIGNMENT_MODES.join(', ')}`,
+  },
+  'prefix-token-count': {
+    group: R,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'prefix_hash: prefix length hashed',
+  },
+  'prefix-hash-load-factor': {
+    group: R,
+    arity: 'value',
+    placeholder: 'X',
+    help: 'prefix_hash: bounded-load factor (>= 1)',
+  },
+  'least-load-kv-pressure-weight': {
+    group: R,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'least_load: weight of KV-cache pressure',
+  },
+  'least-load-default-throughput': {
+    group: R,
+    arity: 'value',
+    placeholder: 'TOK/S',
+    help: 'least_load: throughput assumed if unknown',
+  },
+  'least-load-mean-prefill-tokens': {
+    group: R,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'least_load: prefill tokens assumed if unknown',
+  },
+  'routing-key-override': {
+    group: R,
+    arity: 'switch',
+    help: 'honour X-SMG-Routing-Key stickily under every policy',
+  },
+  'enable-igw': { group: R, arity: 'switch', help: 'multi-model inference-gateway mode' },
+  'model-alias': {
+    group: R,
+    arity: 'list',
+    placeholder: 'ALIAS=MODEL...',
+    defaultText: 'none',
+    help: 'requests naming ALIAS go to MODEL (case-sensitive)',
+  },
+  'prefix-block-chars': {
+    group: R,
+    arity: 'value',
+    placeholder: '8..4096',
+    help: 'characters per prefix-index block (HTTP mode)',
+  },
+  'load-monitor-interval': {
+    group: R,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'worker load poll period',
+  },
+  'health-failure-threshold': {
+    group: H,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'failed probes in a row before a worker is not ready',
+  },
+  'health-success-threshold': {
+    group: H,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'good probes in a row before a worker is ready',
+  },
+  'health-check-timeout-secs': {
+    group: H,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'timeout of one probe',
+  },
+  'health-check-interval-secs': { group: H, arity: 'value', placeholder: 'SECS', help: 'probe period' },
+  'health-check-endpoint': { group: H, arity: 'value', placeholder: 'PATH', help: 'HTTP path probed' },
+  'disable-health-check': {
+    group: H,
+    arity: 'switch',
+    help: 'never probe workers; they start ready',
+  },
+  'remove-unhealthy-workers': {
+    group: H,
+    arity: 'switch',
+    help: 'remove workers that fail their health checks',
+  },
+  'drain-settle-secs': {
+    group: H,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'drain time of a deleted worker before removal',
+  },
+  'log-dir': {
+    group: O,
+    arity: 'value',
+    placeholder: 'DIR',
+    defaultText: 'unset (stdout only)',
+    help: 'also write log files to DIR',
+  },
+  'log-level': {
+    group: O,
+    arity: 'value',
+    placeholder: 'LEVEL',
+    help: `log level: ${LOG_LEVELS.join(', ')}`,
+  },
+  'log-json': { group: O, arity: 'switch', help: 'log JSON lines' },
+  'prometheus-host': {
+    group: O,
+    arity: 'value',
+    placeholder: 'ADDR',
+    help: 'bind address of the metrics listener',
+  },
+  'prometheus-port': { group: O, arity: 'value', placeholder: 'PORT', help: 'metrics port (GET /metrics)' },
+  'prometheus-duration-buckets': {
+    group: O,
+    arity: 'list',
+    placeholder: 'SECS...',
+    defaultText: 'built-in',
+    help: 'duration histogram bucket bounds, increasing',
+  },
+  'request-id-headers': {
+    group: O,
+    arity: 'list',
+    placeholder: 'NAME...',
+    help: 'inbound request-id headers, first match wins',
+  },
+};
+
+/** flags that are not launch settings */
+export const META_FLAGS = ['config', 'help', 'version'] as const;
+
+const FLAG_NAMES = Object.keys(LAUNCH_FLAGS) as LaunchKey[];
+
+function isLaunchKey(name: string): name is LaunchKey {
+  return Object.hasOwn(LAUNCH_FLAGS, name);
+}
+
+/** `SMG_WORKER_URLS` for `worker-urls` */
+export function envName(flag: string): string {
+  return `SMG_${flag.toUpperCase().replace(/-/g, '_')}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Suggestions for typos.
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length];
+}
+
+function suggest(name: string): string | undefined {
+  const wanted = name.toLowerCase().replace(/_/g, '-');
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of [...FLAG_NAMES, ...META_FLAGS]) {
+    const d = editDistance(wanted, candidate);
+    if (d < bestDistance) {
+      best = candidate;
+      bestDistance = d;
+    }
+  }
+  return bestDistance <= Math.max(2, Math.floor(wanted.length / 4)) ? best : undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// argv
+
+type RawValue = string | string[] | boolean;
+
+interface ScannedArgv {
+  values: Map<LaunchKey, RawValue>;
+  config?: string;
+}
+
+/** a token that starts a new flag rather than being a value (negative numbers are values) */
+function looksLikeFlag(token: string): boolean {
+  return token.startsWith('--') || /^-[A-Za-z]/.test(token);
+}
+
+/**
+ * `help` or `version` when argv asks for it (`--help`, `-h`, `--version`, `-V`) anywhere; the caller
+ * answers it before calling {@link parseLaunchArgs}, which rejects these flags.
+ */
+export function infoFlag(argv: readonly string[]): 'help' | 'version' | undefined {
+  for (const token of argv) {
+    if (token === '--help' || token === '-h') return 'help';
+    if (token === '--version' || token === '-V') return 'version';
+  }
+  return undefined;
+}
+
+function scanArgv(argv: readonly string[]): ScannedArgv {
+  const out: ScannedArgv = { values: new Map() };
+  let lastSwitch: string | undefined;
+  let i = 0;
+  while (i < argv.length) {
+    const token = argv[i++];
+    if (!looksLikeFlag(token)) {
+      const hint =
+        lastSwitch !== undefined && /^(true|false)$/i.test(token)
+          ? ` (--${lastSwitch} is a switch; write --${lastSwitch}=${token.toLowerCase()})`
+          : '';
+      throw new ConfigError(`unexpected argument ${show(token)}${hint}`);
+    }
+    lastSwitch = undefined;
+    if (token === '-h' || token === '-V' || token === '--help' || token === '--version') {
+      const what = token === '-h' || token === '--help' ? '--help' : '--version';
+      throw new ConfigError(`${token} cannot be combined with other arguments; run smg ${what} alone`);
+    }
+    if (!token.startsWith('--')) throw new ConfigError(`unknown flag ${token}`);
+    const eq = token.indexOf('=');
+    const name = eq < 0 ? token.slice(2) : token.slice(2, eq);
+    const inline = eq < 0 ? undefined : token.slice(eq + 1);
+    const flag = `--${name}`;
+
+    const takeOne = (): string => {
+      if (inline !== undefined) {
+        if (inline === '') throw new ConfigError(`${flag}: missing value`);
+        return inline;
+      }
+      const next = argv[i];
+      if (next === undefined || looksLikeFlag(next)) throw new ConfigError(`${flag}: missing value`);
+      i++;
+      return next;
+    };
+
+    if (name === 'config') {
+      if (out.config !== undefined) throw new ConfigError('--config: given more than once');
+      out.config = takeOne();
+      continue;
+    }
+    if (!isLaunchKey(name)) {
+      const s = suggest(name);
+      throw new ConfigError(`unknown flag ${flag}${s === undefined ? '' : ` (did you mean --${s}?)`}`);
+    }
+    const { arity } = LAUNCH_FLAGS[name];
+    if (arity === 'list') {
+      const values: string[] = [takeOne()];
+      while (i < argv.length && !looksLikeFlag(argv[i])) values.push(argv[i++]);
+      const prior = out.values.get(name);
+      out.values.set(name, Array.isArray(prior) ? [...prior, ...values] : values);
+      continue;
+    }
+    if (out.values.has(name)) throw new ConfigError(`${flag}: given more than once`);
+    if (arity === 'switch') {
+      if (inline === '')
+        throw new ConfigError(`${flag}: missing value after "="; use ${flag} or ${flag}=false`);
+      out.values.set(name, inline ?? true);
+      if (inline === undefined) lastSwitch = name;
+    } else {
+      out.values.set(name, takeOne());
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// environment
+
+function readEnv(env: NodeJS.ProcessEnv): Map<LaunchKey, RawValue> {
+  const out = new Map<LaunchKey, RawValue>();
+  for (const name of FLAG_NAMES) {
+    const value = env[envName(name)];
+    if (value === undefined || value.trim() === '') continue;
+    out.set(
+      name,
+      LAUNCH_FLAGS[name].arity === 'list' ? value.split(/[\s,]+/).filter((s) => s !== '') : value,
+    );
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// config file
+
+/** Reads a `--config` file into flag-keyed raw values (validated later, with everything else). */
+export function loadConfigFile(path: string): Map<LaunchKey, unknown> {
+  let source: string;
+  try {
+    source = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`--config: cannot read ${show(path)}: ${(err as Error).message}`);
+  }
+  const ext = extname(path).toLowerCase();
+  let doc: unknown;
+  const asJson = () => JSON.parse(source) as unknown;
+  const asYaml = () => parseYaml(source) as unknown;
+  try {
+    if (ext === '.json') doc = asJson();
+    else if (ext === '.yaml' || ext === '.yml') doc = asYaml();
+    else {
+      try {
+        doc = asJson();
+      } catch {
+        doc = asYaml();
+      }
+    }
+  } catch (err) {
+    const format = ext === '.json' ? 'JSON' : 'YAML';
+    throw new ConfigError(`--config: cannot parse ${show(path)} as ${format}: ${(err as Error).message}`);
+  }
+  if (doc === null || doc === undefined) return new Map();
+  if (typeof doc !== 'object' || Array.isArray(doc)) {
+    throw new ConfigError(
+      `--config: ${show(path)} must hold a mapping of flag names to values, got ${show(doc)}`,
+    );
+  }
+  const out = new Map<LaunchKey, unknown>();
+  const spelledAs = new Map<LaunchKey, string>();
+  for (const [key, value] of Object.entries(doc)) {
+    const name = key.replace(/_/g, '-');
+    if (!isLaunchKey(name)) {
+      const s = suggest(key);
+      const hint =
+        s === undefined || (META_FLAGS as readonly string[]).includes(s) ? '' : ` (did you mean ${show(s)}?)`;
+      throw new ConfigError(`--config: unknown key ${show(key)} in ${show(path)}${hint}`);
+    }
+    const earlier = spelledAs.get(name);
+    if (earlier !== undefined) {
+      throw new ConfigError(
+        `--config: keys ${show(earlier)} and ${show(key)} in ${show(path)} are the same setting`,
+      );
+    }
+    spelledAs.set(name, key);
+    if (value !== null) out.set(name, value);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// putting it together
+
+/**
+ * Parses the arguments of `smg` / `smg launch` (argv after the subcommand) into a validated Config.
+ * `env` supplies `SMG_<FLAG>` variables (e.g. `SMG_POLICY`, `SMG_WORKER_URLS=a,b`) and
+ * `SMG_CONFIG`; flags win over env, env over the `--config` file, the file over defaults.
+ * Throws {@link ConfigError} listing every problem found.
+ */
+export function parseLaunchArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): Config {
+  const scanned = scanArgv(argv);
+  const raw: Record<string, unknown> = {};
+  const origin = new Map<string, string>();
+
+  const configPath = scanned.config ?? (env.SMG_CONFIG?.trim() || undefined);
+  if (configPath !== undefined) {
+    for (const [name, value] of loadConfigFile(configPath)) {
+      raw[name] = value;
+      origin.set(name, ` (in config file ${show(configPath)})`);
+    }
+  }
+  for (const [name, value] of readEnv(env)) {
+    raw[name] = value;
+    origin.set(name, ` (from ${envName(name)})`);
+  }
+  for (const [name, value] of scanned.values) {
+    raw[name] = value;
+    origin.delete(name);
+  }
+
+  const result = LaunchSchema.safeParse(raw);
+  if (!result.success) {
+    const messages = result.error.issues.map((issue) => {
+      const key = String(issue.path[0] ?? '');
+      return `${key === '' ? '' : `--${key}: `}${issue.message}${origin.get(key) ?? ''}`;
+    });
+    throw new ConfigError([...new Set(messages)].join('\n'));
+  }
+  const v = result.data;
+  return {
+    host: v.host,
+    port: v.port,
+    ...(v['health-check-port'] !== undefined && { healthCheckPort: v['health-check-port'] }),
+    workerUrls: [...v['worker-urls']],
+    maxPayloadSize: v['max-payload-size'],
+    requestTimeoutSecs: v['request-timeout-secs'],
+    shutdownGracePeriodSecs: v['shutdown-grace-period-secs'],
+    corsAllowedOrigins: [...v['cors-allowed-origins']],
+    policy: v.policy,
+    policyParams: {
+      cacheThreshold: v['cache-threshold'],
+      balanceAbsThreshold: v['balance-abs-threshold'],
+      balanceRelThreshold: v['balance-rel-threshold'],
+      balanceTokenUsageThreshold: v['balance-token-usage-threshold'],
+      overloadTokenUsageThreshold: v['overload-token-usage-threshold'],
+      evictionIntervalSecs: v['eviction-interval'],
+      maxTreeSize: v['max-tree-size'],
+      blockSize: v['block-size'],
+      maxIdleSecs: v['max-idle-secs'],
+      assignmentMode: v['assignment-mode'],
+      prefixTokenCount: v['prefix-token-count'],
+      prefixHashLoadFactor: v['prefix-hash-load-factor'],
+      leastLoadKvPressureWeight: v['least-load-kv-pressure-weight'],
+      leastLoadDefaultThroughput: v['least-load-default-throughput'],
+      leastLoadMeanPrefillTokens: v['least-load-mean-prefill-tokens'],
+    },
+    routingKeyOverride: v['routing-key-override'],
+    enableIgw: v['enable-igw'],
+    modelAliases: { ...v['model-alias'] },
+    prefixBlockChars: v['prefix-block-chars'],
+    loadMonitorIntervalSecs: v['load-monitor-interval'],
+    health: {
+      failureThreshold: v['health-failure-threshold'],
+      successThreshold: v['health-success-threshold'],
+      timeoutSecs: v['health-check-timeout-secs'],
+      intervalSecs: v['health-check-interval-secs'],
+      endpoint: v['health-check-endpoint'],
+      disabled: v['disable-health-check'],
+      removeUnhealthyWorkers: v['remove-unhealthy-workers'],
+      drainSettleSecs: v['drain-settle-secs'],
+    },
+    logLevel: v['log-level'],
+    logJson: v['log-json'],
+    ...(v['log-dir'] !== undefined && { logDir: v['log-dir'] }),
+    prometheusHost: v['prometheus-host'],
+    prometheusPort: v['prometheus-port'],
+    ...(v['prometheus-duration-buckets'] !== undefined && {
+      prometheusDurationBuckets: [...v['prometheus-duration-buckets']],
+    }),
+    requestIdHeaders: [...v['request-id-headers']],
+  };
+}

@@ -1,0 +1,106 @@
+#!/usr/bin/env node
+/**
+ * `smg` entry point. Bare `smg [flags]` = `smg launch [flags]`; `smg mock-worker …` runs simulated
+ * engines; `smg demo` starts a gateway with three mock engines. Bad flags exit with status 2.
+ */
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+function version(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  for (const rel of ['../../package.json', '../../../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(path.join(here, rel), 'utf8')) as {
+        name?: string;
+        version?: string;
+      };
+      if (pkg.name === 'smg' && pkg.version) return pkg.version;
+    } catch {
+      // try the next candidate
+    }
+  }
+  return 'unknown';
+}
+
+async function launch(argv: string[]): Promise<void> {
+  const { parseLaunchArgs, ConfigError } = await import('./config.js');
+  const { LAUNCH_HELP } = await import('./help.js');
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(LAUNCH_HELP);
+    return;
+  }
+  let cfg;
+  try {
+    cfg = parseLaunchArgs(argv, process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`smg: ${err.message}\nRun 'smg --help' for the list of flags.\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const { startGateway } = await import('../server/gateway.js');
+  const gw = await startGateway(cfg);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    gw.logger.info({ signal }, 'shutting down');
+    const force = setTimeout(() => process.exit(1), cfg.shutdownGracePeriodSecs * 1000);
+    force.unref();
+    gw.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.once('SIGINT', () => stop('SIGINT'));
+  process.once('SIGTERM', () => stop('SIGTERM'));
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [cmd, ...rest] = argv;
+  if (cmd === '--version' || cmd === '-V') {
+    process.stdout.write(`smg ${version()}\n`);
+    return;
+  }
+  if (cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    const { TOP_HELP } = await import('./help.js');
+    process.stdout.write(TOP_HELP);
+    return;
+  }
+  switch (cmd) {
+    case 'launch':
+    case 'start':
+      return launch(rest);
+    case 'mock-worker': {
+      const { runMockWorker } = await import('../mock/main.js');
+      return runMockWorker(rest);
+    }
+    case 'demo': {
+      const { runDemo } = await import('./demo.js');
+      return runDemo(rest);
+    }
+    default:
+      if (cmd !== undefined && !cmd.startsWith('-')) {
+        process.stderr.write(
+          `smg: unknown command "${cmd}"; commands: launch, mock-worker, demo (see smg --help)\n`,
+        );
+        process.exit(2);
+      }
+      return launch(argv);
+  }
+}
+
+process.on('unhandledRejection', (reason) => {
+  process.stderr.write(
+    `smg: unhandled rejection: ${reason instanceof Error ? reason.stack : String(reason)}\n`,
+  );
+});
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  const e = err as NodeJS.ErrnoException;
+  if (e?.code === 'EADDRINUSE') process.stderr.write(`smg: address already in use: ${e.message}\n`);
+  else process.stderr.write(`smg: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,240 @@
+/**
+ * The one Prometheus registry of the gateway, with SMG's metric names and labels (inventory §6.1)
+ * for what this version implements. Hot-path metrics cache their labelled children so a request
+ * costs a few map lookups, not label hashing.
+ */
+import http from 'node:http';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** SMG's 29 buckets for every *_duration_seconds, ttft and tpot histogram */
+export const SMG_DURATION_BUCKETS = [
+  0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 45, 60, 90, 120, 180, 240, 300, 480,
+  900, 1200, 1800, 2700, 3600, 5400, 7200,
+];
+
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly httpRequests: Counter<'method' | 'path'>;
+  readonly httpDuration: Histogram<'method' | 'path'>;
+  readonly httpResponses: Counter<'path' | 'status_code' | 'error_code'>;
+  readonly httpConnections: Gauge;
+
+  readonly routerRequests: Counter<
+    'router_type' | 'backend_type' | 'connection_mode' | 'model' | 'endpoint' | 'streaming'
+  >;
+  readonly routerDuration: Histogram<
+    'router_type' | 'backend_type' | 'connection_mode' | 'model' | 'endpoint'
+  >;
+  readonly routerErrors: Counter<
+    'router_type' | 'backend_type' | 'connection_mode' | 'model' | 'endpoint' | 'error_type'
+  >;
+  readonly routerUpstream: Counter<'router_type' | 'status_code' | 'error_code'>;
+  readonly routerStage: Histogram<'router_type' | 'stage'>;
+
+  readonly workerPoolSize: Gauge<'worker_type' | 'connection_mode' | 'model'>;
+  readonly workerConnections: Gauge<'worker_type' | 'connection_mode'>;
+  readonly workerRequestsActive: Gauge<'worker'>;
+  readonly workerRoutingKeys: Gauge<'worker'>;
+  readonly workerHealth: Gauge<'worker'>;
+  readonly workerHealthChecks: Counter<'worker_type' | 'result'>;
+  readonly workerSelection: Counter<'worker_type' | 'connection_mode' | 'model' | 'policy'>;
+  readonly workerErrors: Counter<'worker_type' | 'connection_mode' | 'error_type'>;
+
+  readonly manualBranch: Counter<'branch'>;
+  readonly consistentHashingBranch: Counter<'branch'>;
+  readonly prefixHashBranch: Counter<'branch'>;
+  readonly manualCacheEntries: Gauge;
+
+  private readonly cache = new Map<string, { inc(v?: number): void }>();
+  /** refreshes gauges that are cheaper to compute at scrape time than to keep current */
+  beforeScrape: () => void = () => undefined;
+
+  constructor(durationBuckets: number[] = SMG_DURATION_BUCKETS) {
+    const registers = [this.registry];
+    const routerLabels = ['router_type', 'backend_type', 'connection_mode', 'model', 'endpoint'] as const;
+    this.httpRequests = new Counter({
+      name: 'smg_http_requests_total',
+      help: 'HTTP requests received, by method and route template',
+      labelNames: ['method', 'path'],
+      registers,
+    });
+    this.httpDuration = new Histogram({
+      name: 'smg_http_request_duration_seconds',
+      help: 'HTTP request duration from receipt to the end of the response',
+      labelNames: ['method', 'path'],
+      buckets: durationBuckets,
+      registers,
+    });
+    this.httpResponses = new Counter({
+      name: 'smg_http_responses_total',
+      help: 'HTTP responses sent, by route, status and SMG error code',
+      labelNames: ['path', 'status_code', 'error_code'],
+      registers,
+    });
+    this.httpConnections = new Gauge({
+      name: 'smg_http_connections_active',
+      help: 'Open client connections',
+      registers,
+    });
+    this.routerRequests = new Counter({
+      name: 'smg_router_requests_total',
+      help: 'Requests routed to workers',
+      labelNames: [...routerLabels, 'streaming'],
+      registers,
+    });
+    this.routerDuration = new Histogram({
+      name: 'smg_router_request_duration_seconds',
+      help: 'Routed request duration until the upstream response ends',
+      labelNames: [...routerLabels],
+      buckets: durationBuckets,
+      registers,
+    });
+    this.routerErrors = new Counter({
+      name: 'smg_router_request_errors_total',
+      help: 'Routed requests that failed, by error type',
+      labelNames: [...routerLabels, 'error_type'],
+      registers,
+    });
+    this.routerUpstream = new Counter({
+      name: 'smg_router_upstream_responses_total',
+      help: 'Responses received from workers, by status',
+      labelNames: ['router_type', 'status_code', 'error_code'],
+      registers,
+    });
+    this.routerStage = new Histogram({
+      name: 'smg_router_stage_duration_seconds',
+      help: 'Time spent in each routing stage',
+      labelNames: ['router_type', 'stage'],
+      buckets: durationBuckets,
+      registers,
+    });
+    this.workerPoolSize = new Gauge({
+      name: 'smg_worker_pool_size',
+      help: 'Registered workers',
+      labelNames: ['worker_type', 'connection_mode', 'model'],
+      registers,
+    });
+    this.workerConnections = new Gauge({
+      name: 'smg_worker_connections_active',
+      help: 'Open upstream connections to workers',
+      labelNames: ['worker_type', 'connection_mode'],
+      registers,
+    });
+    this.workerRequestsActive = new Gauge({
+      name: 'smg_worker_requests_active',
+      help: 'In-flight requests on a worker (this node)',
+      labelNames: ['worker'],
+      registers,
+    });
+    this.workerRoutingKeys = new Gauge({
+      name: 'smg_worker_routing_keys_active',
+      help: 'Sticky routing keys assigned to a worker (manual policy)',
+      labelNames: ['worker'],
+      registers,
+    });
+    this.workerHealth = new Gauge({
+      name: 'smg_worker_health',
+      help: '1 when the worker is healthy (ready), else 0',
+      labelNames: ['worker'],
+      registers,
+    });
+    this.workerHealthChecks = new Counter({
+      name: 'smg_worker_health_checks_total',
+      help: 'Health probes, by result',
+      labelNames: ['worker_type', 'result'],
+      registers,
+    });
+    this.workerSelection = new Counter({
+      name: 'smg_worker_selection_total',
+      help: 'Worker selections by the routing policy',
+      labelNames: ['worker_type', 'connection_mode', 'model', 'policy'],
+      registers,
+    });
+    this.workerErrors = new Counter({
+      name: 'smg_worker_errors_total',
+      help: 'Upstream errors, by type',
+      labelNames: ['worker_type', 'connection_mode', 'error_type'],
+      registers,
+    });
+    this.manualBranch = new Counter({
+      name: 'smg_manual_policy_branch_total',
+      help: 'manual policy decisions by branch',
+      labelNames: ['branch'],
+      registers,
+    });
+    this.consistentHashingBranch = new Counter({
+      name: 'smg_consistent_hashing_policy_branch_total',
+      help: 'consistent_hashing policy decisions by branch',
+      labelNames: ['branch'],
+      registers,
+    });
+    this.prefixHashBranch = new Counter({
+      name: 'smg_prefix_hash_policy_branch_total',
+      help: 'prefix_hash policy decisions by branch',
+      labelNames: ['branch'],
+      registers,
+    });
+    this.manualCacheEntries = new Gauge({
+      name: 'smg_manual_policy_cache_entries',
+      help: 'Entries in the manual policy sticky map',
+      registers,
+    });
+    collectDefaultMetrics({ register: this.registry, prefix: 'smg_process_' });
+  }
+
+  /** increments a labelled counter through a cached child */
+  inc<T extends string>(counter: Counter<T>, labels: Record<T, string>, by = 1): void {
+    const key = `${(counter as unknown as { name: string }).name}\u0000${Object.values(labels).join('\u0000')}`;
+    let child = this.cache.get(key);
+    if (!child) {
+      child = counter.labels(labels);
+      if (this.cache.size > 50_000) this.cache.clear();
+      this.cache.set(key, child);
+    }
+    child.inc(by);
+  }
+
+  branch(policy: 'manual' | 'consistent_hashing' | 'prefix_hash', branch: string): void {
+    const c =
+      policy === 'manual'
+        ? this.manualBranch
+        : policy === 'consistent_hashing'
+          ? this.consistentHashingBranch
+          : this.prefixHashBranch;
+    this.inc(c, { branch });
+  }
+}
+
+/** serves `GET /metrics` on its own listener (`--prometheus-host`, `--prometheus-port`) */
+export function startMetricsServer(metrics: Metrics, host: string, port: number): Promise<http.Server> {
+  const server = http.createServer((req, res) => {
+    if (req.method === 'GET' && (req.url === '/metrics' || req.url?.startsWith('/metrics?'))) {
+      try {
+        metrics.beforeScrape();
+      } catch {
+        // a failing refresh must not cost the scrape
+      }
+      metrics.registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { 'content-type': metrics.registry.contentType });
+          res.end(text);
+        },
+        (err: unknown) => {
+          res.writeHead(500, { 'content-type': 'text/plain' });
+          res.end(String(err));
+        },
+      );
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end('not found\n');
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}

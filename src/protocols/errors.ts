@@ -1,0 +1,56 @@
+/**
+ * Every error the gateway answers with is a coded `SmgError`, defined here once, and one error
+ * handler (src/server/error-handler.ts) turns it into SMG's envelope:
+ *   {"error":{"type":<HTTP reason phrase>,"code":<snake_case>,"message":…,"param":null}}
+ * plus the `X-SMG-Error-Code` header.
+ */
+import { STATUS_CODES } from 'node:http';
+
+export class SmgError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = 'SmgError';
+  }
+}
+
+export interface ErrorEnvelope {
+  error: { type: string; code: string; message: string; param: null };
+}
+
+export function errorEnvelope(status: number, code: string, message: string): ErrorEnvelope {
+  return { error: { type: STATUS_CODES[status] ?? 'Error', code, message, param: null } };
+}
+
+export const errors = {
+  invalidJson: (detail: string) => new SmgError(400, 'invalid_request_body', `Invalid JSON body: ${detail}`),
+  invalidRequest: (message: string) => new SmgError(400, 'invalid_request', message),
+  unsupportedMediaType: (ct: string) =>
+    new SmgError(415, 'unsupported_media_type', `Unsupported content type "${ct}": send application/json`),
+  notFound: (path: string) => new SmgError(404, 'not_found', `No route for ${path}`),
+  methodNotAllowed: (method: string, path: string) =>
+    new SmgError(405, 'method_not_allowed', `Method ${method} is not allowed on ${path}`),
+  modelNotFound: (model: string) =>
+    new SmgError(404, 'model_not_found', `No worker available for model '${model}'`),
+  noAvailableWorkers: (model: string) =>
+    new SmgError(
+      503,
+      'no_available_workers',
+      model ? `No available workers for model '${model}'` : 'No available workers',
+    ),
+  payloadTooLarge: (limit: number) =>
+    new SmgError(413, 'payload_too_large', `Request body exceeds the limit of ${limit} bytes`),
+  upstreamTimeout: (url: string) =>
+    new SmgError(504, 'call_upstream_timeout', `Upstream worker ${url} did not answer in time`),
+  upstreamUnreachable: (url: string, detail: string) =>
+    new SmgError(502, 'upstream_connection_error', `Upstream worker ${url} failed: ${detail}`),
+  workerNotFound: (id: string) => new SmgError(404, 'worker_not_found', `Worker '${id}' not found`),
+  workerExists: (url: string) =>
+    new SmgError(409, 'worker_already_exists', `Worker with URL ${url} already exists`),
+  invalidWorker: (message: string) => new SmgError(400, 'invalid_worker_spec', message),
+  notReady: (reason: string) => new SmgError(503, 'not_ready', reason),
+};

@@ -1,0 +1,96 @@
+/**
+ * SMG's `extract_text_for_routing`: the text that prefix-aware policies hash. Chat joins every
+ * message's text (assistant turns included, so a follow-up turn extends the previous turn's text);
+ * completions join prompts; generate uses `text` or the token ids; embeddings / classify join the
+ * inputs. Never throws: odd shapes contribute nothing.
+ */
+
+export type Endpoint =
+  'chat' | 'completions' | 'embeddings' | 'generate' | 'rerank' | 'classify' | 'responses' | 'messages';
+
+type Json = unknown;
+
+function isRecord(v: Json): v is Record<string, Json> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function contentText(content: Json, out: string[]): void {
+  if (typeof content === 'string') {
+    if (content) out.push(content);
+  } else if (Array.isArray(content)) {
+    for (const part of content) {
+      if (typeof part === 'string') out.push(part);
+      else if (isRecord(part)) {
+        if (typeof part.text === 'string') out.push(part.text);
+        else if (typeof part.content === 'string') out.push(part.content);
+      }
+    }
+  }
+}
+
+function joinInputs(input: Json, out: string[]): void {
+  if (typeof input === 'string') out.push(input);
+  else if (Array.isArray(input)) {
+    if (input.length > 0 && typeof input[0] === 'number') out.push(input.join(' '));
+    else for (const x of input) joinInputs(x, out);
+  }
+}
+
+export function extractRoutingText(endpoint: Endpoint, body: Record<string, Json>): string {
+  const out: string[] = [];
+  switch (endpoint) {
+    case 'chat':
+      if (Array.isArray(body.messages)) {
+        for (const m of body.messages) {
+          if (!isRecord(m)) continue;
+          contentText(m.content, out);
+          if (typeof m.reasoning_content === 'string') out.push(m.reasoning_content);
+        }
+      }
+      break;
+    case 'messages':
+      contentText(body.system, out);
+      if (Array.isArray(body.messages))
+        for (const m of body.messages) if (isRecord(m)) contentText(m.content, out);
+      break;
+    case 'responses':
+      if (typeof body.instructions === 'string') out.push(body.instructions);
+      if (typeof body.input === 'string') out.push(body.input);
+      else if (Array.isArray(body.input))
+        for (const item of body.input) if (isRecord(item)) contentText(item.content, out);
+      break;
+    case 'completions':
+      joinInputs(body.prompt, out);
+      break;
+    case 'generate':
+      if (typeof body.text === 'string' || Array.isArray(body.text)) joinInputs(body.text, out);
+      else if (Array.isArray(body.input_ids)) joinInputs(body.input_ids, out);
+      break;
+    case 'embeddings':
+    case 'classify':
+      joinInputs(body.input, out);
+      break;
+    case 'rerank':
+      if (typeof body.query === 'string') out.push(body.query);
+      break;
+  }
+  return out.join(' ');
+}
+
+/** SMG's request-id prefixes by route */
+export function requestIdPrefix(endpoint: Endpoint | undefined): string {
+  switch (endpoint) {
+    case 'chat':
+      return 'chatcmpl-';
+    case 'completions':
+      return 'cmpl-';
+    case 'generate':
+      return 'gnt-';
+    case 'responses':
+      return 'resp-';
+    case 'messages':
+      return 'msg_';
+    default:
+      return 'req-';
+  }
+}

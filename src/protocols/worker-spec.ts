@@ -1,0 +1,118 @@
+/**
+ * SMG's WorkerSpec (the body of POST/PUT /workers) and WorkerInfo (what GET /workers returns),
+ * validated with zod at the admin boundary. Inventory §2.5.
+ */
+import { z } from 'zod';
+import type { WorkerSpec } from '../state/worker.js';
+
+/** `host:port` ⇒ `http://host:port`; only http and https are served in this version */
+export function normalizeWorkerUrl(raw: string): { url: string } | { error: string } {
+  let text = raw.trim();
+  if (!text) return { error: 'worker url is empty' };
+  if (!/^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//.test(text)) text = `http://${text}`;
+  let u: URL;
+  try {
+    u = new URL(text);
+  } catch {
+    return { error: `invalid worker url "${raw}"` };
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+    return {
+      error: `unsupported scheme "${u.protocol.slice(0, -1)}" in ${raw}; only http and https workers are supported`,
+    };
+  }
+  if (!u.hostname) return { error: `invalid worker url "${raw}": no host` };
+  if (u.search || u.hash) return { error: `invalid worker url "${raw}": no query or fragment allowed` };
+  return { url: `${u.protocol}//${u.host}${u.pathname.replace(/\/+$/, '')}` };
+}
+
+const modelCard = z.union([z.string().min(1), z.object({ id: z.string().min(1) }).loose()]);
+
+const healthSchema = z
+  .object({
+    timeout_secs: z.number().int().positive().optional(),
+    check_interval_secs: z.number().int().positive().optional(),
+    success_threshold: z.number().int().positive().optional(),
+    failure_threshold: z.number().int().positive().optional(),
+    disable_health_check: z.boolean().optional(),
+    drain_settle_secs: z.number().int().nonnegative().optional(),
+  })
+  .strict();
+
+export const workerSpecSchema = z
+  .object({
+    url: z.string().min(1),
+    models: z.array(modelCard).optional(),
+    model_id: z.string().min(1).optional(),
+    worker_type: z.enum(['regular', 'prefill', 'decode', 'encode']).default('regular'),
+    connection_mode: z.enum(['http', 'grpc']).default('http'),
+    runtime: z.string().optional(),
+    runtime_type: z.string().optional(),
+    provider: z.string().optional(),
+    labels: z.record(z.string(), z.string()).default({}),
+    priority: z.number().int().min(0).default(50),
+    cost: z.number().nonnegative().default(1),
+    api_key: z.string().optional(),
+    bootstrap_port: z.number().int().min(1).max(65535).optional(),
+    health: healthSchema.default({}),
+    http_pool: z.record(z.string(), z.number()).optional(),
+    resilience: z.record(z.string(), z.unknown()).optional(),
+    max_connection_attempts: z.number().int().positive().default(20),
+    load_monitor_interval_secs: z.number().int().positive().optional(),
+  })
+  .loose();
+
+export const workerPatchSchema = z
+  .object({
+    priority: z.number().int().min(0).optional(),
+    cost: z.number().nonnegative().optional(),
+    labels: z.record(z.string(), z.string()).optional(),
+    api_key: z.string().optional(),
+    health: healthSchema.optional(),
+  })
+  .strict();
+
+export type WorkerPatch = z.infer<typeof workerPatchSchema>;
+
+function zodMessage(err: z.ZodError): string {
+  return err.issues.map((i) => `${i.path.length ? i.path.join('.') : 'body'}: ${i.message}`).join('; ');
+}
+
+/** validates an admin body into a WorkerSpec; returns an error message on bad input */
+export function parseWorkerSpec(body: unknown): { spec: WorkerSpec } | { error: string } {
+  const r = workerSpecSchema.safeParse(body);
+  if (!r.success) return { error: zodMessage(r.error) };
+  const v = r.data;
+  if (v.connection_mode !== 'http')
+    return { error: 'connection_mode: only "http" is supported in this version' };
+  const norm = normalizeWorkerUrl(v.url);
+  if ('error' in norm) return norm;
+  const models = (v.models ?? []).map((m) => (typeof m === 'string' ? m : m.id));
+  if (v.model_id && !models.includes(v.model_id)) models.push(v.model_id);
+  const spec: WorkerSpec = {
+    url: norm.url,
+    models,
+    worker_type: v.worker_type,
+    connection_mode: 'http',
+    runtime: v.runtime ?? v.runtime_type ?? 'unspecified',
+    labels: v.labels,
+    priority: v.priority,
+    cost: v.cost,
+    health: v.health,
+    max_connection_attempts: v.max_connection_attempts,
+  };
+  if (v.provider !== undefined) spec.provider = v.provider;
+  if (v.api_key !== undefined) spec.api_key = v.api_key;
+  if (v.bootstrap_port !== undefined) spec.bootstrap_port = v.bootstrap_port;
+  if (v.http_pool !== undefined) spec.http_pool = v.http_pool;
+  if (v.resilience !== undefined) spec.resilience = v.resilience;
+  if (v.load_monitor_interval_secs !== undefined)
+    spec.load_monitor_interval_secs = v.load_monitor_interval_secs;
+  return { spec };
+}
+
+export function parseWorkerPatch(body: unknown): { patch: WorkerPatch } | { error: string } {
+  const r = workerPatchSchema.safeParse(body);
+  if (!r.success) return { error: zodMessage(r.error) };
+  return { patch: r.data };
+}

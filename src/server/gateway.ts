@@ -1,0 +1,219 @@
+/**
+ * Assembles one gateway node: Replica → workers (pools, manager) → routing (policies, selection)
+ * → HTTP app, plus the Prometheus listener and the optional probe-only listener. `close()` stops
+ * everything it started, in reverse order.
+ */
+import http from 'node:http';
+import os from 'node:os';
+import { randomBytes } from 'node:crypto';
+import type { FastifyInstance } from 'fastify';
+import type { Config } from '../cli/config-types.js';
+import { createLogger, type Logger } from '../observability/logger.js';
+import { Metrics, SMG_DURATION_BUCKETS, startMetricsServer } from '../observability/metrics.js';
+import { parseWorkerSpec } from '../protocols/worker-spec.js';
+import { PolicyRegistry } from '../routing/registry.js';
+import type { PolicyName, RoutingContext } from '../routing/types.js';
+import { packHlc } from '../state/hlc.js';
+import { Replica } from '../state/replica.js';
+import { WorkerManager } from '../workers/manager.js';
+import { UpstreamPools } from '../workers/upstream.js';
+import { buildApp } from './app.js';
+import type { InflightCounter } from './proxy.js';
+import type { Lifecycle } from './utility-routes.js';
+import { WorkerSelection } from './worker-selection.js';
+
+const LOAD_AWARE: ReadonlySet<string> = new Set<PolicyName>(['power_of_two', 'least_load']);
+
+export interface Gateway {
+  readonly app: FastifyInstance;
+  readonly replica: Replica;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  /** http://host:port of the API listener */
+  readonly url: string;
+  /** http://host:port of the Prometheus listener, if started */
+  readonly metricsUrl?: string;
+  close(): Promise<void>;
+}
+
+export interface GatewayOptions {
+  logger?: Logger;
+  nodeId?: string;
+  /** start the Prometheus listener (default true) */
+  prometheus?: boolean;
+}
+
+function listenAddress(server: http.Server): { host: string; port: number } {
+  const a = server.address();
+  if (a && typeof a === 'object') return { host: a.address, port: a.port };
+  throw new Error('server is not listening');
+}
+
+function hostForUrl(host: string): string {
+  if (host === '0.0.0.0' || host === '::') return '127.0.0.1';
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Promise<Gateway> {
+  const logger = opts.logger ?? createLogger({ level: cfg.logLevel, json: cfg.logJson, dir: cfg.logDir });
+  const nodeId = opts.nodeId ?? `${os.hostname()}-${randomBytes(3).toString('hex')}`;
+  const metrics = new Metrics(cfg.prometheusDurationBuckets ?? SMG_DURATION_BUCKETS);
+  const replica = new Replica({
+    nodeId,
+    cacheBlocksPerWorker: Math.max(1, Math.floor(cfg.policyParams.maxTreeSize / cfg.prefixBlockChars)),
+  });
+  const pools = new UpstreamPools({ requestTimeoutMs: cfg.requestTimeoutSecs * 1000 });
+
+  const ctx: RoutingContext = {
+    load: replica.load,
+    cache: replica.cache,
+    blockChars: cfg.prefixBlockChars,
+    recordCache(model, workerId, hashes, fromDepth) {
+      replica.apply({
+        kind: 'cache.blocks',
+        model,
+        worker: workerId,
+        anchor: fromDepth > 0 ? hashes[fromDepth - 1] : 0,
+        hashes: hashes.slice(fromDepth),
+        seen: packHlc(replica.tick()),
+      });
+    },
+    random: Math.random,
+    now: Date.now,
+    branch: (policy, branch) => metrics.branch(policy, branch),
+  };
+  const policies = new PolicyRegistry({
+    defaultPolicy: cfg.policy,
+    params: cfg.policyParams,
+    ctx,
+    routingKeyOverride: cfg.routingKeyOverride,
+  });
+  const selection = new WorkerSelection(replica, policies, cfg);
+  const manager = new WorkerManager({
+    replica,
+    pools,
+    health: cfg.health,
+    logger,
+    metrics,
+    loadMonitorIntervalSecs: cfg.loadMonitorIntervalSecs,
+    wantsEngineLoads: (spec) => LOAD_AWARE.has(spec.labels.policy ?? cfg.policy),
+  });
+  const lifecycle: Lifecycle = { draining: false };
+  const inflight: InflightCounter = { proxied: 0 };
+  const app = buildApp({ cfg, logger, metrics, replica, pools, manager, selection, lifecycle, inflight });
+
+  metrics.beforeScrape = () => {
+    metrics.workerPoolSize.reset();
+    for (const w of replica.registry.list()) {
+      const models = w.models.length ? w.models : ['*'];
+      for (const model of models) {
+        metrics.workerPoolSize.inc({ worker_type: w.spec.worker_type, connection_mode: 'http', model });
+      }
+    }
+    metrics.workerConnections.set({ worker_type: 'regular', connection_mode: 'http' }, pools.connections());
+    metrics.manualCacheEntries.set(policies.manualEntries());
+  };
+
+  const maintenance = setInterval(() => policies.maintain(), cfg.policyParams.evictionIntervalSecs * 1000);
+  maintenance.unref();
+
+  for (const raw of cfg.workerUrls) {
+    const parsed = parseWorkerSpec({ url: raw });
+    if ('error' in parsed) throw new Error(`--worker-urls: ${parsed.error}`);
+    if (!replica.registry.getByUrl(parsed.spec.url)) manager.register(parsed.spec);
+  }
+
+  const closers: (() => Promise<void>)[] = [];
+  let metricsUrl: string | undefined;
+  try {
+    await app.listen({ host: cfg.host, port: cfg.port });
+    closers.push(() => closeApp(app, inflight, cfg.shutdownGracePeriodSecs * 1000));
+    if (opts.prometheus !== false) {
+      const ms = await startMetricsServer(metrics, cfg.prometheusHost, cfg.prometheusPort);
+      const a = listenAddress(ms);
+      metricsUrl = `http://${hostForUrl(a.host)}:${a.port}`;
+      closers.push(() => new Promise<void>((r) => ms.close(() => r())));
+    }
+    if (cfg.healthCheckPort !== undefined) {
+      const probe = await startProbeServer(app, cfg.host, cfg.healthCheckPort);
+      closers.push(() => new Promise<void>((r) => probe.close(() => r())));
+    }
+  } catch (err) {
+    clearInterval(maintenance);
+    await manager.close();
+    for (const c of closers.reverse()) await c().catch(() => undefined);
+    await pools.closeAll();
+    throw err;
+  }
+  const a = listenAddress(app.server);
+  const url = `http://${hostForUrl(a.host)}:${a.port}`;
+  logger.info(
+    { url, metrics: metricsUrl, policy: cfg.policy, workers: cfg.workerUrls.length },
+    'smg gateway listening',
+  );
+
+  let closing: Promise<void> | undefined;
+  return {
+    app,
+    replica,
+    metrics,
+    logger,
+    url,
+    metricsUrl,
+    close() {
+      closing ??= (async () => {
+        lifecycle.draining = true;
+        clearInterval(maintenance);
+        await manager.close();
+        logger.debug('closing listeners');
+        for (const c of closers.reverse()) await c().catch(() => undefined);
+        logger.debug('closing upstream pools');
+        await pools.closeAll();
+        logger.debug('gateway closed');
+      })();
+      return closing;
+    },
+  };
+}
+
+/**
+ * Stops accepting, lets proxied requests finish (up to `graceMs`), then closes every connection
+ * that is left: idle keep-alive sockets and any a client abandoned without closing.
+ */
+async function closeApp(app: FastifyInstance, inflight: InflightCounter, graceMs: number): Promise<void> {
+  const closed = app.close();
+  const deadline = Date.now() + graceMs;
+  let done = false;
+  void closed.then(() => (done = true));
+  while (!done && inflight.proxied > 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!done) app.server.closeAllConnections();
+  await closed;
+}
+
+/**
+ * `--health-check-port`: /liveness, /readiness and /health on a listener with no middleware, so
+ * orchestrator probes are answered even when the main listener is saturated.
+ */
+async function startProbeServer(app: FastifyInstance, host: string, port: number): Promise<http.Server> {
+  const server = http.createServer((req, res) => {
+    const path = (req.url ?? '').split('?')[0];
+    if (req.method !== 'GET' || !['/health', '/liveness', '/readiness'].includes(path)) {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+      return;
+    }
+    app.inject({ method: 'GET', url: path }).then(
+      (r) =>
+        res
+          .writeHead(r.statusCode, { 'content-type': String(r.headers['content-type'] ?? 'text/plain') })
+          .end(r.body),
+      () => res.writeHead(500).end(),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return server;
+}

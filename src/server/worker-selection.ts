@@ -1,0 +1,66 @@
+/**
+ * Request → worker: resolves the model (aliases, IGW strictness), finds the candidates in the
+ * Replica's views, extracts routing text only when the model's policy needs it, and asks the
+ * policy. Synchronous and I/O-free: everything it reads is in memory.
+ */
+import type { Config } from '../cli/config-types.js';
+import { errors } from '../protocols/errors.js';
+import { extractRoutingText, type Endpoint } from '../protocols/routing-text.js';
+import type { PolicyRegistry } from '../routing/registry.js';
+import type { HeaderValue, RoutingPolicy } from '../routing/types.js';
+import type { WorkerView } from '../state/registry.js';
+import type { Replica } from '../state/replica.js';
+
+export interface Selection {
+  worker: WorkerView;
+  /** model id after alias resolution ('' when the request named none) */
+  model: string;
+  policy: RoutingPolicy;
+}
+
+export class WorkerSelection {
+  constructor(
+    private readonly replica: Replica,
+    private readonly policies: PolicyRegistry,
+    private readonly cfg: Pick<Config, 'enableIgw' | 'modelAliases'>,
+  ) {
+    replica.onApplied((ev, changed) => {
+      if (changed && (ev.kind === 'worker.upsert' || ev.kind === 'worker.remove')) this.refreshPolicies();
+    });
+  }
+
+  resolveModel(raw: unknown): string {
+    if (typeof raw !== 'string' || raw === '') return '';
+    return this.cfg.modelAliases[raw] ?? raw;
+  }
+
+  /**
+   * The policy key and candidates for a model. A model no worker declares is routed over every
+   * worker (SMG's single-router behaviour) unless `--enable-igw`, where it is a 404.
+   */
+  candidates(model: string): { key: string; all: readonly WorkerView[]; routable: readonly WorkerView[] } {
+    const reg = this.replica.registry;
+    if (model !== '' && reg.hasModel(model)) {
+      return { key: model, all: reg.forModel(model), routable: reg.routable(model) };
+    }
+    if (model !== '' && this.cfg.enableIgw) throw errors.modelNotFound(model);
+    return { key: '', all: reg.list(), routable: reg.routable() };
+  }
+
+  select(endpoint: Endpoint, body: Record<string, unknown>, headers: Record<string, HeaderValue>): Selection {
+    const model = this.resolveModel(body.model);
+    const { key, all, routable } = this.candidates(model);
+    const policy = this.policies.policyFor(key, all);
+    if (routable.length === 0) throw errors.noAvailableWorkers(model);
+    const text = policy.needsText ? extractRoutingText(endpoint, body) : '';
+    const worker = this.policies.select(key, routable, { model: key, text, headers });
+    if (!worker) throw errors.noAvailableWorkers(model);
+    return { worker, model, policy };
+  }
+
+  private refreshPolicies(): void {
+    const reg = this.replica.registry;
+    for (const m of reg.models()) this.policies.workersChanged(m, reg.forModel(m));
+    this.policies.workersChanged('', reg.list());
+  }
+}

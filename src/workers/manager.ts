@@ -1,0 +1,347 @@
+/**
+ * Worker lifecycle on this node: registration (validate, mint an id, discover models through the
+ * worker's /v1/models), health probing, engine-load polling, drain and removal. Every outcome is
+ * an event applied to the Replica; routing only ever sees the Replica's views.
+ *
+ * Owns: timers and I/O towards workers (probes, discovery, load polls). Never: routing decisions.
+ */
+import { randomUUID } from 'node:crypto';
+import { request } from 'undici';
+import type { Logger } from 'pino';
+import type { HealthConfig } from '../cli/config-types.js';
+import type { Metrics } from '../observability/metrics.js';
+import { errors } from '../protocols/errors.js';
+import type { WorkerPatch } from '../protocols/worker-spec.js';
+import type { Replica } from '../state/replica.js';
+import type { EngineLoad, WorkerSpec, WorkerStatus } from '../state/worker.js';
+import { initialHealth, nextHealth, type HealthState } from './health.js';
+import { parseEngineLoad } from './engine-load.js';
+import { splitWorkerUrl, type UpstreamPools } from './upstream.js';
+
+const PENDING_PROBE_MS = 1000;
+
+export interface JobStatus {
+  state: 'running' | 'completed' | 'failed';
+  message: string;
+}
+
+interface Runtime {
+  id: string;
+  health: HealthState;
+  timer?: NodeJS.Timeout;
+  loadTimer?: NodeJS.Timeout;
+  job: JobStatus;
+  modelsDiscovered: boolean;
+  probing: boolean;
+  stopped: boolean;
+  drainTimer?: NodeJS.Timeout;
+}
+
+export interface WorkerManagerOptions {
+  replica: Replica;
+  pools: UpstreamPools;
+  health: HealthConfig;
+  logger: Logger;
+  metrics: Metrics;
+  /** --load-monitor-interval, seconds */
+  loadMonitorIntervalSecs: number;
+  /** whether engine loads must be polled (a load-aware policy is in use) */
+  wantsEngineLoads: (spec: WorkerSpec) => boolean;
+}
+
+export class WorkerManager {
+  private readonly runtimes = new Map<string, Runtime>();
+  private closed = false;
+
+  constructor(private readonly o: WorkerManagerOptions) {}
+
+  jobStatus(id: string): JobStatus | undefined {
+    return this.runtimes.get(id)?.job;
+  }
+
+  /** registers a worker; throws SmgError 409 when its URL is already registered */
+  register(spec: WorkerSpec): string {
+    if (this.o.replica.registry.getByUrl(spec.url)) throw errors.workerExists(spec.url);
+    const id = randomUUID();
+    const rt: Runtime = {
+      id,
+      health: initialHealth(),
+      job: { state: 'running', message: 'discovering models' },
+      modelsDiscovered: spec.models.length > 0,
+      probing: false,
+      stopped: false,
+    };
+    this.runtimes.set(id, rt);
+    this.upsert(id, spec);
+    const disabled = this.healthDisabled(spec);
+    if (disabled) this.setStatus(rt, 'ready');
+    void this.discover(rt).finally(() => {
+      if (rt.stopped) return;
+      if (rt.job.state === 'running') rt.job = { state: 'completed', message: 'registered' };
+    });
+    if (!disabled) this.scheduleProbe(rt, 0);
+    this.scheduleLoadPoll(rt);
+    this.o.logger.info({ worker_id: id, url: spec.url }, 'worker registered');
+    return id;
+  }
+
+  /** PUT: full replacement, same URL */
+  replace(id: string, spec: WorkerSpec): void {
+    const cur = this.o.replica.registry.get(id);
+    const rt = this.runtimes.get(id);
+    if (!cur || !rt) throw errors.workerNotFound(id);
+    if (cur.url !== spec.url) throw errors.invalidWorker(`url cannot change (was ${cur.url})`);
+    if (spec.models.length === 0 && cur.models.length > 0 && rt.modelsDiscovered)
+      spec = { ...spec, models: [...cur.models] };
+    this.upsert(id, spec);
+    this.rearm(rt, cur.spec, spec);
+  }
+
+  patch(id: string, patch: WorkerPatch): void {
+    const cur = this.o.replica.registry.get(id);
+    const rt = this.runtimes.get(id);
+    if (!cur || !rt) throw errors.workerNotFound(id);
+    const spec: WorkerSpec = {
+      ...cur.spec,
+      ...(patch.priority !== undefined ? { priority: patch.priority } : {}),
+      ...(patch.cost !== undefined ? { cost: patch.cost } : {}),
+      ...(patch.labels !== undefined ? { labels: patch.labels } : {}),
+      ...(patch.api_key !== undefined ? { api_key: patch.api_key } : {}),
+      ...(patch.health !== undefined ? { health: { ...cur.spec.health, ...patch.health } } : {}),
+    };
+    this.upsert(id, spec);
+    this.rearm(rt, cur.spec, spec);
+  }
+
+  /** DELETE: drain for drain_settle_secs, then remove */
+  remove(id: string): void {
+    const cur = this.o.replica.registry.get(id);
+    const rt = this.runtimes.get(id);
+    if (!cur || !rt) throw errors.workerNotFound(id);
+    if (rt.drainTimer) return;
+    this.stopTimers(rt);
+    this.setStatus(rt, 'draining');
+    const settleMs = 1000 * (cur.spec.health.drain_settle_secs ?? this.o.health.drainSettleSecs);
+    rt.drainTimer = setTimeout(() => this.finishRemoval(id), settleMs);
+    rt.drainTimer.unref();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const rt of this.runtimes.values()) {
+      this.stopTimers(rt);
+      if (rt.drainTimer) clearTimeout(rt.drainTimer);
+      rt.stopped = true;
+    }
+  }
+
+  private finishRemoval(id: string): void {
+    const rt = this.runtimes.get(id);
+    const cur = this.o.replica.registry.get(id);
+    if (rt) {
+      rt.stopped = true;
+      this.stopTimers(rt);
+    }
+    this.runtimes.delete(id);
+    this.o.replica.apply({ kind: 'worker.remove', id, hlc: this.o.replica.tick() });
+    this.o.metrics.workerHealth.remove({ worker: cur?.url ?? id });
+    this.o.metrics.workerRequestsActive.remove({ worker: cur?.url ?? id });
+    if (cur) {
+      const { origin } = splitWorkerUrl(cur.url);
+      // close the pool once no other worker shares the origin; in-flight requests finish first
+      if (!this.o.replica.registry.list().some((w) => splitWorkerUrl(w.url).origin === origin)) {
+        void this.o.pools.close(origin);
+      }
+    }
+    this.o.logger.info({ worker_id: id, url: cur?.url }, 'worker removed');
+  }
+
+  private upsert(id: string, spec: WorkerSpec): void {
+    this.o.replica.apply({ kind: 'worker.upsert', id, spec, hlc: this.o.replica.tick() });
+  }
+
+  private setStatus(rt: Runtime, status: WorkerStatus): void {
+    rt.health = { ...rt.health, status };
+    const view = this.o.replica.registry.get(rt.id);
+    if (view?.status === status) return;
+    this.o.replica.apply({ kind: 'worker.health', id: rt.id, status, hlc: this.o.replica.tick() });
+    if (view) this.o.metrics.workerHealth.set({ worker: view.url }, status === 'ready' ? 1 : 0);
+  }
+
+  private healthDisabled(spec: WorkerSpec): boolean {
+    return this.o.health.disabled || spec.health.disable_health_check === true;
+  }
+
+  private rearm(rt: Runtime, before: WorkerSpec, after: WorkerSpec): void {
+    const wasDisabled = this.healthDisabled(before);
+    const isDisabled = this.healthDisabled(after);
+    if (
+      wasDisabled !== isDisabled ||
+      before.health.check_interval_secs !== after.health.check_interval_secs
+    ) {
+      if (rt.timer) clearTimeout(rt.timer);
+      rt.timer = undefined;
+      if (isDisabled) this.setStatus(rt, 'ready');
+      else this.scheduleProbe(rt, 0);
+    }
+    if (after.models.length === 0) {
+      rt.modelsDiscovered = false;
+      void this.discover(rt);
+    }
+    if (rt.loadTimer) clearTimeout(rt.loadTimer);
+    rt.loadTimer = undefined;
+    this.scheduleLoadPoll(rt);
+  }
+
+  private stopTimers(rt: Runtime): void {
+    if (rt.timer) clearTimeout(rt.timer);
+    if (rt.loadTimer) clearTimeout(rt.loadTimer);
+    rt.timer = undefined;
+    rt.loadTimer = undefined;
+  }
+
+  private authHeaders(spec: WorkerSpec): Record<string, string> {
+    return spec.api_key ? { authorization: `Bearer ${spec.api_key}` } : {};
+  }
+
+  private timeoutMs(spec: WorkerSpec): number {
+    return 1000 * (spec.health.timeout_secs ?? this.o.health.timeoutSecs);
+  }
+
+  /** GET path on the worker; resolves with status and parsed JSON or text, never throws */
+  private async get(
+    spec: WorkerSpec,
+    path: string,
+  ): Promise<{ status: number; body: string } | { error: string }> {
+    const { origin, basePath } = splitWorkerUrl(spec.url);
+    const timeout = this.timeoutMs(spec);
+    try {
+      const res = await request(origin + basePath + path, {
+        dispatcher: this.o.pools.get(origin),
+        method: 'GET',
+        headers: this.authHeaders(spec),
+        headersTimeout: timeout,
+        bodyTimeout: timeout,
+        signal: AbortSignal.timeout(timeout),
+      });
+      const body = await res.body.text();
+      return { status: res.statusCode, body };
+    } catch (err) {
+      return { error: err instanceof Error ? err.message : String(err) };
+    }
+  }
+
+  private async discover(rt: Runtime): Promise<void> {
+    if (rt.modelsDiscovered || rt.stopped) return;
+    const view = this.o.replica.registry.get(rt.id);
+    if (!view) return;
+    const res = await this.get(view.spec, '/v1/models');
+    if (rt.stopped || this.closed) return;
+    if ('error' in res || res.status < 200 || res.status >= 300) {
+      const why = 'error' in res ? res.error : `HTTP ${res.status}`;
+      rt.job = {
+        state: 'completed',
+        message: `model discovery failed (${why}); serving any model until it succeeds`,
+      };
+      return;
+    }
+    let models: string[];
+    try {
+      const parsed = JSON.parse(res.body) as { data?: { id?: unknown }[] };
+      models = (parsed.data ?? [])
+        .map((m) => m.id)
+        .filter((x): x is string => typeof x === 'string' && x !== '');
+    } catch {
+      rt.job = { state: 'completed', message: 'model discovery returned invalid JSON; serving any model' };
+      return;
+    }
+    rt.modelsDiscovered = true;
+    const cur = this.o.replica.registry.get(rt.id);
+    if (cur && models.length > 0 && cur.spec.models.length === 0) this.upsert(rt.id, { ...cur.spec, models });
+    rt.job = {
+      state: 'completed',
+      message: models.length ? `discovered ${models.join(', ')}` : 'no models listed',
+    };
+  }
+
+  private scheduleProbe(rt: Runtime, delayMs: number): void {
+    if (rt.stopped || this.closed) return;
+    rt.timer = setTimeout(() => void this.probe(rt), delayMs);
+    rt.timer.unref();
+  }
+
+  private async probe(rt: Runtime): Promise<void> {
+    rt.timer = undefined;
+    const view = this.o.replica.registry.get(rt.id);
+    if (!view || rt.stopped || rt.probing) return;
+    rt.probing = true;
+    const spec = view.spec;
+    const res = await this.get(spec, this.o.health.endpoint);
+    rt.probing = false;
+    if (rt.stopped || this.closed) return;
+    const ok = !('error' in res) && res.status >= 200 && res.status < 300;
+    this.o.metrics.inc(this.o.metrics.workerHealthChecks, {
+      worker_type: spec.worker_type,
+      result: ok ? 'success' : 'failure',
+    });
+    const t = {
+      successThreshold: spec.health.success_threshold ?? this.o.health.successThreshold,
+      failureThreshold: spec.health.failure_threshold ?? this.o.health.failureThreshold,
+    };
+    const intervalMs = 1000 * (spec.health.check_interval_secs ?? this.o.health.intervalSecs);
+    const budget = Math.max(1, Math.ceil((10 * t.failureThreshold * intervalMs) / PENDING_PROBE_MS));
+    const before = rt.health.status;
+    rt.health = nextHealth(rt.health, ok, t, budget);
+    if (rt.health.status !== before) {
+      this.setStatus(rt, rt.health.status);
+      const why = 'error' in res ? res.error : `HTTP ${res.status}`;
+      this.o.logger[rt.health.status === 'ready' ? 'info' : 'warn'](
+        {
+          worker_id: rt.id,
+          url: spec.url,
+          from: before,
+          to: rt.health.status,
+          ...(ok ? {} : { reason: why }),
+        },
+        'worker health changed',
+      );
+      if (rt.health.status === 'ready' && !rt.modelsDiscovered) void this.discover(rt);
+    }
+    if (rt.health.status === 'failed') {
+      if (this.o.health.removeUnhealthyWorkers) this.finishRemoval(rt.id);
+      return;
+    }
+    this.scheduleProbe(
+      rt,
+      rt.health.status === 'pending' ? Math.min(PENDING_PROBE_MS, intervalMs) : intervalMs,
+    );
+  }
+
+  private scheduleLoadPoll(rt: Runtime): void {
+    const view = this.o.replica.registry.get(rt.id);
+    if (!view || rt.stopped || this.closed || !this.o.wantsEngineLoads(view.spec)) return;
+    const secs = Math.max(1, view.spec.load_monitor_interval_secs ?? this.o.loadMonitorIntervalSecs);
+    rt.loadTimer = setTimeout(() => void this.pollLoad(rt), rt.loadTimer === undefined ? 0 : secs * 1000);
+    rt.loadTimer.unref();
+  }
+
+  private async pollLoad(rt: Runtime): Promise<void> {
+    const view = this.o.replica.registry.get(rt.id);
+    if (!view || rt.stopped) return;
+    let load: EngineLoad | undefined;
+    if (view.routable) {
+      const res = await this.get(view.spec, '/v1/loads?include=core,queues,memory');
+      if (!('error' in res) && res.status === 200) load = parseEngineLoad(res.body, 'loads');
+      if (!load) {
+        const m = await this.get(view.spec, '/metrics');
+        if (!('error' in m) && m.status === 200) load = parseEngineLoad(m.body, 'metrics');
+      }
+    }
+    if (rt.stopped || this.closed) return;
+    if (load)
+      this.o.replica.apply({ kind: 'worker.engine_load', id: rt.id, load, hlc: this.o.replica.tick() });
+    const secs = Math.max(1, view.spec.load_monitor_interval_secs ?? this.o.loadMonitorIntervalSecs);
+    rt.loadTimer = setTimeout(() => void this.pollLoad(rt), secs * 1000);
+    rt.loadTimer.unref();
+  }
+}
