@@ -106,6 +106,25 @@ export class CacheIndex {
     return changed;
   }
 
+  /** canonical content: model → hash → sorted [worker, last-seen second] pairs */
+  exportState(): [string, [number, [string, number][]][]][] {
+    const out: [string, [number, [string, number][]][]][] = [];
+    for (const [model, idx] of [...this.models].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
+      const blocks: [number, [string, number][]][] = [];
+      for (const [h, v] of idx.blocks) {
+        const pairs: [string, number][] =
+          typeof v === 'number'
+            ? [[this.workerOfSlot[Math.floor(v / SLOT_FACTOR)] ?? '?', v % SLOT_FACTOR]]
+            : v.slots.map((s, i): [string, number] => [this.workerOfSlot[s] ?? '?', v.secs[i]]);
+        pairs.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+        blocks.push([h, pairs]);
+      }
+      blocks.sort((a, b) => a[0] - b[0]);
+      if (blocks.length > 0) out.push([model, blocks]);
+    }
+    return out;
+  }
+
   /** drops a worker from every model's index */
   removeWorker(workerId: string): void {
     const slot = this.slotOf.get(workerId);

@@ -99,6 +99,12 @@ export class LoadView {
     this.engine.delete(workerId);
   }
 
+  /** canonical copy of the merged (replicated) state, for tests and digests */
+  exportState(): { remote: [string, RemoteSnapshot][]; engine: [string, { hlc: Hlc; load: EngineLoad }][] } {
+    const byKey = <T>(a: [string, T], b: [string, T]) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+    return { remote: [...this.remote].sort(byKey), engine: [...this.engine].sort(byKey) };
+  }
+
   private recomputeRemote(): void {
     const sum = new Map<string, number>();
     for (const snap of this.remote.values()) {

@@ -114,6 +114,18 @@ export class WorkerRegistry {
     return named;
   }
 
+  /** canonical copy of the CRDT state (sorted), for tests, digests and snapshots */
+  exportState(): {
+    entries: [string, RegistryEntry][];
+    health: [string, { hlc: Hlc; status: WorkerStatus }][];
+  } {
+    const byKey = <T>(a: [string, T], b: [string, T]) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+    return {
+      entries: [...this.entries].map(([k, v]): [string, RegistryEntry] => [k, { ...v }]).sort(byKey),
+      health: [...this.health].map(([k, v]): [string, typeof v] => [k, { ...v }]).sort(byKey),
+    };
+  }
+
   private rebuild(): void {
     const views = new Map<string, WorkerView>();
     const all: WorkerView[] = [];

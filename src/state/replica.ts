@@ -58,6 +58,15 @@ export class Replica {
     return changed;
   }
 
+  /** canonical copy of everything `apply` merges: equal for replicas that saw the same events */
+  exportState(): unknown {
+    return {
+      registry: this.registry.exportState(),
+      load: this.load.exportState(),
+      cache: this.cache.exportState(),
+    };
+  }
+
   private merge(ev: StateEvent): boolean {
     switch (ev.kind) {
       case 'worker.upsert':
