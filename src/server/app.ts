@@ -3,7 +3,7 @@
  * the original bytes, and the route groups. Built from already-constructed parts so tests can
  * assemble it around any Replica.
  */
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../cli/config-types.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -34,10 +34,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   const { cfg, metrics } = deps;
   const app = Fastify({
     loggerInstance: deps.logger,
-    disableRequestLogging: true,
+    // the onResponse hook writes SMG's one line per request instead
+    logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'request_id' }),
     bodyLimit: cfg.maxPayloadSize,
     genReqId: makeRequestIdGenerator(cfg.requestIdHeaders),
-    requestIdLogLabel: 'request_id',
     return503OnClosing: true,
     forceCloseConnections: false,
     keepAliveTimeout: 75_000,
@@ -87,7 +87,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     const path = req.routeOptions.url ?? 'other';
     const method = req.method;
     metrics.inc(metrics.httpRequests, { method, path });
-    metrics.httpDuration.observe({ method, path }, reply.elapsedTime / 1000);
+    metrics.observe(metrics.httpDuration, { method, path }, reply.elapsedTime / 1000);
     const code = reply.getHeader('x-smg-error-code');
     metrics.inc(metrics.httpResponses, {
       path,

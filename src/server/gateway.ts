@@ -110,6 +110,12 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
         metrics.workerPoolSize.inc({ worker_type: w.spec.worker_type, connection_mode: 'http', model });
       }
     }
+    metrics.workerRequestsActive.reset();
+    metrics.workerHealth.reset();
+    for (const w of replica.registry.list()) {
+      metrics.workerRequestsActive.set({ worker: w.url }, replica.load.localInflight(w.id));
+      metrics.workerHealth.set({ worker: w.url }, w.routable ? 1 : 0);
+    }
     metrics.workerConnections.set({ worker_type: 'regular', connection_mode: 'http' }, pools.connections());
     metrics.manualCacheEntries.set(policies.manualEntries());
   };

@@ -139,16 +139,13 @@ export function makeInferenceHandler(deps: ProxyDeps, endpoint: Endpoint) {
     const started = process.hrtime.bigint();
     replica.load.acquire(worker.id);
     inflight.proxied++;
-    metrics.workerRequestsActive.set({ worker: worker.url }, replica.load.localInflight(worker.id));
     let released = false;
     const release = () => {
       if (released) return;
       released = true;
       inflight.proxied--;
       replica.load.release(worker.id);
-      metrics.workerRequestsActive.set({ worker: worker.url }, replica.load.localInflight(worker.id));
-      const secs = Number(process.hrtime.bigint() - started) / 1e9;
-      metrics.routerDuration.observe(labels, secs);
+      metrics.observe(metrics.routerDuration, labels, Number(process.hrtime.bigint() - started) / 1e9);
     };
 
     const ac = new AbortController();

@@ -152,14 +152,15 @@ describe('Replica.apply merge laws', () => {
   });
 
   it('holds per event kind in isolation as well', () => {
-    for (const kind of [
+    const kinds = [
       'worker.upsert',
       'worker.remove',
       'worker.health',
       'worker.engine_load',
       'load.snapshot',
       'cache.blocks',
-    ]) {
+    ] as const;
+    for (const kind of kinds) {
       fc.assert(
         fc.property(
           fc

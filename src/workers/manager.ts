@@ -144,8 +144,6 @@ export class WorkerManager {
     }
     this.runtimes.delete(id);
     this.o.replica.apply({ kind: 'worker.remove', id, hlc: this.o.replica.tick() });
-    this.o.metrics.workerHealth.remove({ worker: cur?.url ?? id });
-    this.o.metrics.workerRequestsActive.remove({ worker: cur?.url ?? id });
     if (cur) {
       const { origin } = splitWorkerUrl(cur.url);
       // close the pool once no other worker shares the origin; in-flight requests finish first
@@ -165,7 +163,6 @@ export class WorkerManager {
     const view = this.o.replica.registry.get(rt.id);
     if (view?.status === status) return;
     this.o.replica.apply({ kind: 'worker.health', id: rt.id, status, hlc: this.o.replica.tick() });
-    if (view) this.o.metrics.workerHealth.set({ worker: view.url }, status === 'ready' ? 1 : 0);
   }
 
   private healthDisabled(spec: WorkerSpec): boolean {
@@ -246,18 +243,27 @@ export class WorkerManager {
       return;
     }
     let models: string[];
+    let ownedBy: string | undefined;
     try {
-      const parsed = JSON.parse(res.body) as { data?: { id?: unknown }[] };
-      models = (parsed.data ?? [])
-        .map((m) => m.id)
-        .filter((x): x is string => typeof x === 'string' && x !== '');
+      const parsed = JSON.parse(res.body) as { data?: { id?: unknown; owned_by?: unknown }[] };
+      const data = Array.isArray(parsed.data) ? parsed.data : [];
+      models = data.map((m) => m?.id).filter((x): x is string => typeof x === 'string' && x !== '');
+      const owner = data.find((m) => typeof m?.owned_by === 'string')?.owned_by;
+      if (typeof owner === 'string' && /^[a-z0-9_.-]{1,32}$/i.test(owner)) ownedBy = owner.toLowerCase();
     } catch {
       rt.job = { state: 'completed', message: 'model discovery returned invalid JSON; serving any model' };
       return;
     }
     rt.modelsDiscovered = true;
     const cur = this.o.replica.registry.get(rt.id);
-    if (cur && models.length > 0 && cur.spec.models.length === 0) this.upsert(rt.id, { ...cur.spec, models });
+    if (cur) {
+      // SMG detects the backend from `owned_by` (sglang, vllm, …) when the spec does not name it
+      const runtime = cur.spec.runtime === 'unspecified' && ownedBy ? ownedBy : cur.spec.runtime;
+      const newModels = models.length > 0 && cur.spec.models.length === 0 ? models : cur.spec.models;
+      if (runtime !== cur.spec.runtime || newModels !== cur.spec.models) {
+        this.upsert(rt.id, { ...cur.spec, runtime, models: newModels });
+      }
+    }
     rt.job = {
       state: 'completed',
       message: models.length ? `discovered ${models.join(', ')}` : 'no models listed',
