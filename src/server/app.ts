@@ -3,6 +3,7 @@
  * the original bytes, and the route groups. Built from already-constructed parts so tests can
  * assemble it around any Replica.
  */
+import http from 'node:http';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../cli/config-types.js';
@@ -13,8 +14,8 @@ import type { WorkerManager } from '../workers/manager.js';
 import type { UpstreamPools } from '../workers/upstream.js';
 import { registerAdminRoutes } from './admin-routes.js';
 import { makeErrorHandler } from './error-handler.js';
-import { makeInferenceHandler, type InflightCounter } from './proxy.js';
-import { ENDPOINT_BY_PATH, makeRequestIdGenerator } from './request-id.js';
+import { createInferenceFastPath, recordHttpOutcome, type InflightCounter } from './proxy.js';
+import { makeRequestIdGenerator } from './request-id.js';
 import { registerUtilityRoutes, type Lifecycle } from './utility-routes.js';
 import type { WorkerSelection } from './worker-selection.js';
 
@@ -30,14 +31,44 @@ export interface AppDeps {
   inflight: InflightCounter;
 }
 
+/** CORS (`--cors-allowed-origins`; empty = any origin) */
+function makeCors(origins: string[]) {
+  const allowAny = origins.length === 0;
+  const allowed = new Set(origins);
+  return (origin: string | undefined): Record<string, string> | undefined => {
+    if (!origin || !(allowAny || allowed.has(origin))) return undefined;
+    return allowAny
+      ? { 'access-control-allow-origin': '*' }
+      : { 'access-control-allow-origin': origin, vary: 'Origin' };
+  };
+}
+
 export function buildApp(deps: AppDeps): FastifyInstance {
   const { cfg, metrics } = deps;
+  const genReqId = makeRequestIdGenerator(cfg.requestIdHeaders);
+  const corsHeaders = makeCors(cfg.corsAllowedOrigins);
+  const fastPath = createInferenceFastPath({
+    inflight: deps.inflight,
+    replica: deps.replica,
+    selection: deps.selection,
+    pools: deps.pools,
+    metrics,
+    logger: deps.logger,
+    bodyLimit: cfg.maxPayloadSize,
+    genReqId,
+    corsHeaders,
+  });
   const app = Fastify({
+    // inference routes are served by the fast path; fastify serves everything else
+    serverFactory: (handler) =>
+      http.createServer((req, res) => {
+        if (!fastPath(req, res)) handler(req, res);
+      }),
     loggerInstance: deps.logger,
     // the onResponse hook writes SMG's one line per request instead
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'request_id' }),
     bodyLimit: cfg.maxPayloadSize,
-    genReqId: makeRequestIdGenerator(cfg.requestIdHeaders),
+    genReqId,
     return503OnClosing: true,
     forceCloseConnections: false,
     keepAliveTimeout: 75_000,
@@ -64,58 +95,34 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     socket.once('close', () => metrics.httpConnections.dec());
   });
 
-  const allowAny = cfg.corsAllowedOrigins.length === 0;
-  const allowed = new Set(cfg.corsAllowedOrigins);
   app.addHook('onRequest', async (req, reply) => {
     reply.header('x-request-id', req.id);
-    const origin = req.headers.origin;
-    if (origin && (allowAny || allowed.has(origin))) {
-      reply.header('access-control-allow-origin', allowAny ? '*' : origin);
-      if (!allowAny) reply.header('vary', 'Origin');
-      if (req.method === 'OPTIONS') {
-        reply
-          .header('access-control-allow-methods', 'GET, POST, PUT, PATCH, DELETE, OPTIONS')
-          .header('access-control-allow-headers', req.headers['access-control-request-headers'] ?? '*')
-          .header('access-control-max-age', '600')
-          .code(204)
-          .send();
-      }
+    const cors = corsHeaders(req.headers.origin);
+    if (!cors) return;
+    reply.headers(cors);
+    if (req.method === 'OPTIONS') {
+      reply
+        .header('access-control-allow-methods', 'GET, POST, PUT, PATCH, DELETE, OPTIONS')
+        .header('access-control-allow-headers', req.headers['access-control-request-headers'] ?? '*')
+        .header('access-control-max-age', '600')
+        .code(204)
+        .send();
     }
   });
 
   app.addHook('onResponse', async (req, reply) => {
-    const path = req.routeOptions.url ?? 'other';
-    const method = req.method;
-    metrics.inc(metrics.httpRequests, { method, path });
-    metrics.observe(metrics.httpDuration, { method, path }, reply.elapsedTime / 1000);
     const code = reply.getHeader('x-smg-error-code');
-    metrics.inc(metrics.httpResponses, {
-      path,
-      status_code: String(reply.statusCode),
-      error_code: typeof code === 'string' ? code : '',
+    recordHttpOutcome(metrics, deps.logger, {
+      method: req.method,
+      route: req.routeOptions.url ?? 'other',
+      url: req.url,
+      status: reply.statusCode,
+      errorCode: typeof code === 'string' ? code : '',
+      elapsedMs: reply.elapsedTime,
+      requestId: req.id,
     });
-    const level = reply.statusCode >= 500 ? 'error' : reply.statusCode >= 400 ? 'warn' : 'info';
-    req.log[level](
-      {
-        method,
-        path: req.url,
-        status: reply.statusCode,
-        latency_ms: Math.round(reply.elapsedTime * 100) / 100,
-      },
-      'request completed',
-    );
   });
 
-  const proxyDeps = {
-    inflight: deps.inflight,
-    replica: deps.replica,
-    selection: deps.selection,
-    pools: deps.pools,
-    metrics,
-  };
-  for (const [path, endpoint] of Object.entries(ENDPOINT_BY_PATH)) {
-    app.post(path, makeInferenceHandler(proxyDeps, endpoint));
-  }
   registerUtilityRoutes(app, {
     replica: deps.replica,
     pools: deps.pools,

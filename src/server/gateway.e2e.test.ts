@@ -501,3 +501,82 @@ describe('CLI', () => {
     expect(h.output()).toContain('--worker-urls');
   });
 });
+
+describe('limits and upstream failures', () => {
+  it('a body over --max-payload-size → 413 payload_too_large', async () => {
+    const g = await startGatewayProc(['--worker-urls', mocks.urls[0], '--max-payload-size', '1000']);
+    const big = JSON.stringify({
+      model: 'mock-model',
+      messages: [{ role: 'user', content: 'x'.repeat(5000) }],
+    });
+    const res = await fetch(`${g.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: big,
+    });
+    expect(res.status).toBe(413);
+    expect(res.headers.get('x-smg-error-code')).toBe('payload_too_large');
+    await res.arrayBuffer();
+    const small = await fetch(`${g.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'mock-model', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    expect(small.status).toBe(200);
+    await small.arrayBuffer();
+    await g.stop();
+  });
+
+  it('a worker that died since its last probe → 502 in the SMG envelope, process keeps serving', async () => {
+    const lone = await startMockFleet(1);
+    const g = await startGatewayProc(['--worker-urls', ...lone.urls, '--policy', 'round_robin']);
+    await lone.stop();
+    const res = await fetch(`${g.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'mock-model', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    expect(res.status).toBe(502);
+    expect(res.headers.get('x-smg-error-code')).toBe('upstream_connection_error');
+    const body = (await res.json()) as { error: { code: string; type: string } };
+    expect(body.error.type).toBe('Bad Gateway');
+    expect((await fetch(`${g.url}/health`)).status).toBe(200);
+    await g.stop();
+  });
+
+  it('a worker failing mid-stream breaks the client stream instead of ending it silently', async () => {
+    const flaky = await startMockFleet(1, ['--itl-ms', '5', '--output-tokens', '50']);
+    await fetch(`${flaky.urls[0]}/mock/faults`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ fail_mid_stream_after: 3 }),
+    });
+    const g = await startGatewayProc(['--worker-urls', ...flaky.urls, '--policy', 'round_robin']);
+    const res = await fetch(`${g.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'mock-model',
+        stream: true,
+        messages: [{ role: 'user', content: 'hi' }],
+      }),
+    });
+    expect(res.status).toBe(200);
+    let text = '';
+    let failed = false;
+    try {
+      const reader = res.body!.getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += Buffer.from(value).toString();
+      }
+    } catch {
+      failed = true;
+    }
+    expect(failed).toBe(true);
+    expect(text).not.toContain('[DONE]');
+    await g.stop();
+    await flaky.stop();
+  });
+});
