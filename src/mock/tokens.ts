@@ -3,6 +3,7 @@
  * the prefix cache hashes, the words it "generates" and its embeddings. Everything is O(n) in the
  * input and allocation-light, as it runs on every request.
  */
+import { seededRandom } from '../testing/prng.js';
 
 /** characters per token */
 export const CHARS_PER_TOKEN = 4;
@@ -75,21 +76,9 @@ export function generate(seed: number, n: number): Generated {
   return { pieces, ids };
 }
 
-/** mulberry32 step: a deterministic PRNG, returns [0, 1) */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** A deterministic unit-length embedding of `dims` dimensions for a text. */
 export function embed(text: string, dims: number): Float32Array {
-  const next = prng(textHash(text));
+  const next = seededRandom(textHash(text));
   const out = new Float32Array(dims);
   let norm = 0;
   for (let i = 0; i < dims; i++) {
@@ -104,7 +93,7 @@ export function embed(text: string, dims: number): Float32Array {
 
 /** Deterministic probabilities (summing to 1) over `k` classes for a text. */
 export function classProbs(text: string, k: number): number[] {
-  const next = prng(textHash(text) ^ 0x5bd1e995);
+  const next = seededRandom(textHash(text) ^ 0x5bd1e995);
   const logits = Array.from({ length: k }, () => next() * 4);
   const max = Math.max(...logits);
   const exps = logits.map((l) => Math.exp(l - max));

@@ -14,10 +14,13 @@
  * window) so the bands follow a shift in the length distribution even at constant volume.
  * Lengths are UTF-16 code units (SMG counts Unicode scalars; the difference is immaterial here).
  *
+ * Per candidate array (the registry reuses it until the workers change) the candidates' URL
+ * indices are resolved once, so a decision reads per-URL character counts from an array.
+ *
  * Owns: the bands and the window (local to this gateway). Never: I/O, timers.
  */
 import type { WorkerView } from '../state/registry.js';
-import { lookupOf, randomIndex } from './candidates.js';
+import { randomIndex } from './candidates.js';
 import type { PolicyParams, RouteRequest, RoutingContext, RoutingPolicy } from './types.js';
 
 const INITIAL_MAX_CHARS = 4096;
@@ -35,6 +38,12 @@ interface WindowEntry {
   t: number;
   chars: number;
   url: string;
+}
+
+/** per candidate array: each candidate's URL index, and the first candidate of each URL (−1) */
+interface CandidateState {
+  urlOf: Int32Array;
+  candidateOf: Int32Array;
 }
 
 /** splits 0..INITIAL_MAX_CHARS evenly over the URLs, the last band open-ended */
@@ -92,22 +101,46 @@ function findBand(bands: readonly Band[], chars: number): Band | undefined {
 
 export function createBucketPolicy(params: PolicyParams, ctx: RoutingContext): RoutingPolicy {
   let urls: string[] = [];
+  let urlIndex = new Map<string, number>();
   let bands: Band[] = [];
   const window: WindowEntry[] = [];
   let head = 0;
-  const charsPerUrl = new Map<string, number>();
+  /** characters sent per URL (index into `urls`) over the window */
+  let charsOf: number[] = [];
   let lastAdjust = ctx.now();
-  let synced = new WeakSet<readonly WorkerView[]>();
+  let states = new WeakMap<readonly WorkerView[], CandidateState>();
 
   function setUrls(next: readonly string[]): void {
     const unique = [...new Set(next)];
     if (unique.length === urls.length && unique.every((u, i) => u === urls[i])) return;
     urls = unique;
-    synced = new WeakSet();
+    urlIndex = new Map(unique.map((u, i) => [u, i]));
+    states = new WeakMap();
     const lengths = liveWindow().map((e) => e.chars);
     bands = lengths.length > 0 ? bandsFor(urls, lengths) : evenBands(urls);
-    charsPerUrl.clear();
-    for (const e of liveWindow()) charsPerUrl.set(e.url, (charsPerUrl.get(e.url) ?? 0) + e.chars);
+    charsOf = new Array<number>(urls.length).fill(0);
+    for (const e of liveWindow()) {
+      const u = urlIndex.get(e.url);
+      if (u !== undefined) charsOf[u] += e.chars;
+    }
+  }
+
+  /** the candidates' URL indices (adopting URLs not seen yet), cached per candidate array */
+  function stateOf(workers: readonly WorkerView[]): CandidateState {
+    let st = states.get(workers);
+    if (!st) {
+      if (workers.some((w) => !urlIndex.has(w.url))) setUrls([...urls, ...workers.map((w) => w.url)]);
+      const urlOf = new Int32Array(workers.length);
+      const candidateOf = new Int32Array(urls.length).fill(-1);
+      workers.forEach((w, i) => {
+        const u = urlIndex.get(w.url) as number;
+        urlOf[i] = u;
+        if (candidateOf[u] < 0) candidateOf[u] = i;
+      });
+      st = { urlOf, candidateOf };
+      states.set(workers, st);
+    }
+    return st;
   }
 
   function liveWindow(): WindowEntry[] {
@@ -117,9 +150,8 @@ export function createBucketPolicy(params: PolicyParams, ctx: RoutingContext): R
   function expire(now: number): void {
     while (head < window.length && now - window[head].t > WINDOW_MS) {
       const e = window[head++];
-      const left = (charsPerUrl.get(e.url) ?? 0) - e.chars;
-      if (left > 0) charsPerUrl.set(e.url, left);
-      else charsPerUrl.delete(e.url);
+      const u = urlIndex.get(e.url);
+      if (u !== undefined) charsOf[u] = Math.max(0, charsOf[u] - e.chars);
     }
     if (head > 1024 && head * 2 > window.length) {
       window.splice(0, head);
@@ -135,11 +167,7 @@ export function createBucketPolicy(params: PolicyParams, ctx: RoutingContext): R
       if (n === 0) return undefined;
       const now = ctx.now();
       expire(now);
-      if (!synced.has(workers)) {
-        const known = new Set(urls);
-        if (workers.some((w) => !known.has(w.url))) setUrls([...urls, ...workers.map((w) => w.url)]);
-        synced.add(workers);
-      }
+      const st = stateOf(workers);
       if (now - lastAdjust >= ADJUST_INTERVAL_MS) {
         lastAdjust = now;
         if (head < window.length)
@@ -150,27 +178,31 @@ export function createBucketPolicy(params: PolicyParams, ctx: RoutingContext): R
       }
       const chars = (req.text ?? '').length;
 
+      const { urlOf, candidateOf } = st;
       let min = Infinity;
       let max = -Infinity;
-      let least = workers[0];
-      for (const w of workers) {
-        const c = charsPerUrl.get(w.url) ?? 0;
+      let least = 0;
+      for (let i = 0; i < n; i++) {
+        const c = charsOf[urlOf[i]];
         if (c < min) {
           min = c;
-          least = w;
+          least = i;
         }
         if (c > max) max = c;
       }
-      let chosen: WorkerView;
+      let chosen: number;
       if (max - min > params.balanceAbsThreshold && max > params.balanceRelThreshold * min) {
         chosen = least;
       } else {
         const band = findBand(bands, chars);
-        chosen = (band && lookupOf(workers).byUrl.get(band.url)) ?? workers[randomIndex(ctx, n)];
+        const u = band ? urlIndex.get(band.url) : undefined;
+        const c = u !== undefined ? candidateOf[u] : -1;
+        chosen = c >= 0 ? c : randomIndex(ctx, n);
       }
-      window.push({ t: now, chars, url: chosen.url });
-      charsPerUrl.set(chosen.url, (charsPerUrl.get(chosen.url) ?? 0) + chars);
-      return chosen;
+      const w = workers[chosen];
+      window.push({ t: now, chars, url: w.url });
+      charsOf[urlOf[chosen]] += chars;
+      return w;
     },
     onWorkersChanged(workers: readonly WorkerView[]): void {
       setUrls(workers.map((w) => w.url));

@@ -142,6 +142,43 @@ describe('cache_aware', () => {
     expect(route(text, [])).toBeUndefined();
   });
 
+  it('when the deepest holder is not a candidate, the next deepest candidate wins', () => {
+    const { ctx, policy, workers } = setup();
+    const text = 'k'.repeat(10 * BC);
+    const h = blockHashes(text, BC);
+    ctx.recordCache('m', 'w0', h, 0); // all 10 blocks
+    ctx.recordCache('m', 'w1', h.slice(0, 6), 0); // the first 6
+    load(ctx, 'w2', 0);
+    const chosen = policy.select([workers[1], workers[2]], makeRequest({ text }));
+    expect(chosen?.id).toBe('w1');
+    // w1 held 6 blocks: only the other 4 are recorded, anchored at block 5
+    const ev = ctx.cacheEvents[ctx.cacheEvents.length - 1];
+    expect(ev.worker).toBe('w1');
+    expect(ev.anchor).toBe(h[5]);
+    expect(ev.hashes).toEqual(h.slice(6));
+  });
+
+  it('a worker chosen by load records from its own depth, not the deepest holder’s', () => {
+    const { ctx, route } = setup();
+    const text = 'j'.repeat(10 * BC);
+    const h = blockHashes(text, BC);
+    ctx.recordCache('m', 'w0', h, 0);
+    ctx.recordCache('m', 'w1', h.slice(0, 3), 0);
+    load(ctx, 'w0', 100);
+    load(ctx, 'w2', 10);
+    expect(route(text)).toBe('w1'); // imbalanced: the least loaded
+    const ev = ctx.cacheEvents[ctx.cacheEvents.length - 1];
+    expect(ev.anchor).toBe(h[2]);
+    expect(ev.hashes).toEqual(h.slice(3));
+    // still imbalanced: w1 again, which holds the first 2 blocks of this prompt
+    const text2 = 'j'.repeat(2 * BC) + 'i'.repeat(8 * BC);
+    const h2 = blockHashes(text2, BC);
+    expect(route(text2)).toBe('w1');
+    const ev2 = ctx.cacheEvents[ctx.cacheEvents.length - 1];
+    expect(ev2.anchor).toBe(h2[1]);
+    expect(ev2.hashes).toEqual(h2.slice(2));
+  });
+
   it('keys the index by model', () => {
     const { ctx, policy, workers } = setup();
     const text = SYSTEM + 'question';

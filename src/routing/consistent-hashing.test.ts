@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createConsistentHashingPolicy } from './consistent-hashing.js';
-import { HashRing, ringPosition } from './hash-ring.js';
+import { HashRing, numberPosition, ringPosition } from './hash-ring.js';
 import { makeContext, makeRequest, makeWorkers, testParams } from './testing.js';
 import type { RouteRequest } from './types.js';
 
@@ -126,6 +126,34 @@ describe('consistent_hashing', () => {
     expect(ctx.branchCount('consistent_hashing', 'random_fallback')).toBe(100);
     expect(p.select([], keyed('k'))).toBeUndefined();
     expect(ctx.branchCount('consistent_hashing', 'no_healthy_workers')).toBe(1);
+  });
+});
+
+describe('ring positions', () => {
+  /** max relative deviation from uniform over `buckets` equal slices of [0, 2^53) */
+  function spread(positions: number[], buckets = 8): number {
+    const counts = new Array<number>(buckets).fill(0);
+    for (const p of positions) {
+      expect(Number.isSafeInteger(p) && p >= 0).toBe(true);
+      counts[Math.floor((p / 2 ** 53) * buckets)]++;
+    }
+    const mean = positions.length / buckets;
+    return Math.max(...counts.map((c) => Math.abs(c - mean) / mean));
+  }
+
+  it('spread string keys and number keys (sequential ones too) evenly over the ring', () => {
+    expect(spread(Array.from({ length: 16000 }, (_, i) => ringPosition(`user-${i}`)))).toBeLessThan(0.12);
+    expect(
+      spread(Array.from({ length: 16000 }, (_, i) => ringPosition(`http://10.0.0.1:8000#${i}`))),
+    ).toBeLessThan(0.12);
+    expect(spread(Array.from({ length: 16000 }, (_, i) => numberPosition(i + 1)))).toBeLessThan(0.12);
+    for (const stride of [2 ** 21, 2 ** 32, 2 ** 40]) {
+      expect(spread(Array.from({ length: 16000 }, (_, i) => numberPosition((i + 1) * stride)))).toBeLessThan(
+        0.12,
+      );
+    }
+    expect(ringPosition('a')).not.toBe(ringPosition('b'));
+    expect(ringPosition('ab')).not.toBe(ringPosition('ba'));
   });
 });
 

@@ -35,25 +35,32 @@ export function resolveTargetWorker(target: string, workers: readonly WorkerView
 /**
  * A ring over a model's worker URLs that follows the candidate set: rebuilt on `update`, and
  * lazily when a candidate list shows a URL the ring lacks (checked once per candidate array).
+ * Per candidate array (and ring), the candidate of each ring URL is resolved once, so a lookup is
+ * a binary search and an array read.
  */
 export class WorkerRing {
   private ring = new HashRing([]);
-  private checked = new WeakSet<readonly WorkerView[]>();
+  /** candidate array → the candidate per ring URL index (undefined: not a candidate) */
+  private owners = new WeakMap<readonly WorkerView[], (WorkerView | undefined)[]>();
 
   update(workers: readonly WorkerView[]): void {
     this.ring = new HashRing(workers.map((w) => w.url));
-    this.checked = new WeakSet();
+    this.owners = new WeakMap();
   }
 
   /** the first candidate clockwise from the key's position */
   lookup(workers: readonly WorkerView[], position: number): WorkerView | undefined {
-    if (!this.checked.has(workers)) {
-      const missing = workers.some((w) => !this.ring.has(w.url));
-      if (missing) this.ring = new HashRing([...this.ring.urls, ...workers.map((w) => w.url)]);
-      this.checked.add(workers);
+    let byOwner = this.owners.get(workers);
+    if (!byOwner) {
+      if (workers.some((w) => !this.ring.has(w.url))) {
+        this.ring = new HashRing([...this.ring.urls, ...workers.map((w) => w.url)]);
+        this.owners = new WeakMap();
+      }
+      const byUrl = lookupOf(workers).byUrl;
+      byOwner = this.ring.urls.map((u) => byUrl.get(u));
+      this.owners.set(workers, byOwner);
     }
-    const byUrl = lookupOf(workers).byUrl;
-    return this.ring.walk(position, (url) => byUrl.get(url));
+    return this.ring.walkOwners(position, byOwner);
   }
 }
 

@@ -10,6 +10,11 @@
  * Bounded load: ok(w) ⇔ total == 0 or inflight(w) ≤ (total + 1) / n × prefixHashLoadFactor.
  * The ring's pick if ok (`ring_hit`), else the least-loaded ok candidate (`load_balance_walk`),
  * else the ring's pick anyway; no key ⇒ the least-loaded candidate (`fallback_least_load`).
+ * The bound only grows with `total`, so the sum stops as soon as it admits the pick (an idle pick
+ * needs none); only a pick that is over the bound costs a full pass over the candidates.
+ *
+ * The key's ring position is computed from the key's number directly (`numberPosition`), with no
+ * string in between; `prefixKey` names the same key as a string (tests, diagnostics).
  *
  * Owns: the ring. Never: I/O.
  */
@@ -17,7 +22,7 @@ import { blockHashes } from '../state/block-hash.js';
 import type { WorkerView } from '../state/registry.js';
 import { leastInflight } from './candidates.js';
 import { WorkerRing } from './consistent-hashing.js';
-import { ringPosition } from './hash-ring.js';
+import { numberPosition, ringPosition } from './hash-ring.js';
 import type { PolicyParams, RouteRequest, RoutingContext, RoutingPolicy } from './types.js';
 
 const CHARS_PER_TOKEN = 4;
@@ -39,23 +44,49 @@ function hashTokens(tokens: readonly number[], count: number): number {
   return (a >>> 0) * 2 ** 21 + ((b >>> 0) >>> 11);
 }
 
+/**
+ * The key of a request's prefix: `t` token hash, `b` chained block hash (a number), or `s` the
+ * whole text when it is shorter than a block; undefined when it has neither tokens nor text.
+ */
+function prefixParts(
+  req: RouteRequest,
+  prefixTokenCount: number,
+  blockChars: number,
+): { kind: 't' | 'b'; hash: number } | { kind: 's'; text: string } | undefined {
+  const count = Math.max(1, Math.floor(prefixTokenCount));
+  if (req.tokens && req.tokens.length > 0) return { kind: 't', hash: hashTokens(req.tokens, count) };
+  const text = req.text ?? '';
+  if (text.length === 0) return undefined;
+  if (text.length < blockChars) return { kind: 's', text };
+  const depth = Math.min(
+    Math.floor(text.length / blockChars),
+    Math.ceil((count * CHARS_PER_TOKEN) / blockChars),
+  );
+  return { kind: 'b', hash: blockHashes(text, blockChars, depth)[depth - 1] };
+}
+
 /** the routing key of a request's prefix, or undefined when it has neither tokens nor text */
 export function prefixKey(
   req: RouteRequest,
   prefixTokenCount: number,
   blockChars: number,
 ): string | undefined {
-  const count = Math.max(1, Math.floor(prefixTokenCount));
-  if (req.tokens && req.tokens.length > 0) return `t:${hashTokens(req.tokens, count)}`;
-  const text = req.text ?? '';
-  if (text.length === 0) return undefined;
-  if (text.length < blockChars) return `s:${text}`;
-  const depth = Math.min(
-    Math.floor(text.length / blockChars),
-    Math.ceil((count * CHARS_PER_TOKEN) / blockChars),
-  );
-  const hashes = blockHashes(text.slice(0, depth * blockChars), blockChars);
-  return `b:${hashes[depth - 1]}`;
+  const k = prefixParts(req, prefixTokenCount, blockChars);
+  if (k === undefined) return undefined;
+  return k.kind === 's' ? `s:${k.text}` : `${k.kind}:${k.hash}`;
+}
+
+/** the ring position of a request's prefix key, or undefined when it has none */
+export function prefixPosition(
+  req: RouteRequest,
+  prefixTokenCount: number,
+  blockChars: number,
+): number | undefined {
+  const k = prefixParts(req, prefixTokenCount, blockChars);
+  if (k === undefined) return undefined;
+  if (k.kind === 's') return ringPosition(`s:${k.text}`);
+  // token and block hashes live in different spaces: keep them apart on the ring
+  return numberPosition(k.kind === 't' ? k.hash + 1 : k.hash);
 }
 
 export function createPrefixHashPolicy(params: PolicyParams, ctx: RoutingContext): RoutingPolicy {
@@ -64,6 +95,9 @@ export function createPrefixHashPolicy(params: PolicyParams, ctx: RoutingContext
     Number.isFinite(params.prefixHashLoadFactor) && params.prefixHashLoadFactor > 0
       ? params.prefixHashLoadFactor
       : 1.25;
+  /** per candidate array: in-flight per candidate, filled by a full pass; LoadView indices */
+  const scratch = new WeakMap<readonly WorkerView[], Float64Array>();
+  const lvOf = new WeakMap<readonly WorkerView[], Int32Array>();
 
   return {
     name: 'prefix_hash',
@@ -74,26 +108,48 @@ export function createPrefixHashPolicy(params: PolicyParams, ctx: RoutingContext
         ctx.branch('prefix_hash', 'no_healthy_workers');
         return undefined;
       }
-      const key = prefixKey(req, params.prefixTokenCount, ctx.blockChars);
-      const picked = key === undefined ? undefined : ring.lookup(workers, ringPosition(key));
+      const pos = prefixPosition(req, params.prefixTokenCount, ctx.blockChars);
+      const picked = pos === undefined ? undefined : ring.lookup(workers, pos);
       if (!picked) {
         ctx.branch('prefix_hash', 'fallback_least_load');
         return leastInflight(ctx, workers);
       }
-      let total = 0;
-      for (const w of workers) total += ctx.load.inflight(w.id);
-      const limit = ((total + 1) / n) * loadFactor;
-      if (total === 0 || ctx.load.inflight(picked.id) <= limit) {
+      const pickedLoad = ctx.load.inflight(picked.id);
+      // ok ⇔ total == 0 or pickedLoad ≤ (total + 1) / n × loadFactor; a partial sum that admits
+      // the pick decides (the bound only grows), and pickedLoad == 0 is always admitted
+      if (pickedLoad <= (1 / n) * loadFactor) {
         ctx.branch('prefix_hash', 'ring_hit');
         return picked;
       }
+      let loads = scratch.get(workers);
+      if (!loads) {
+        loads = new Float64Array(n);
+        scratch.set(workers, loads);
+      }
+      let lv = lvOf.get(workers);
+      if (!lv) {
+        lv = Int32Array.from(workers, (w) => ctx.load.workerIndex(w.id));
+        lvOf.set(workers, lv);
+      }
+      const inflightAt = ctx.load.inflightByIndex();
+      let total = 0;
+      for (let i = 0; i < n; i++) {
+        const l = inflightAt[lv[i]];
+        loads[i] = l;
+        total += l;
+        if (pickedLoad <= ((total + 1) / n) * loadFactor) {
+          ctx.branch('prefix_hash', 'ring_hit');
+          return picked;
+        }
+      }
       ctx.branch('prefix_hash', 'load_balance_walk');
+      const limit = ((total + 1) / n) * loadFactor;
       let best: WorkerView | undefined;
       let bestLoad = Infinity;
-      for (const w of workers) {
-        const l = ctx.load.inflight(w.id);
+      for (let i = 0; i < n; i++) {
+        const l = loads[i];
         if (l <= limit && l < bestLoad) {
-          best = w;
+          best = workers[i];
           bestLoad = l;
         }
       }

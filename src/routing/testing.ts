@@ -3,25 +3,17 @@
  * and CacheIndex. `recordCache` builds the same `cache.blocks` event the gateway applies through
  * the Replica, so tests exercise the real index.
  */
+import { blockArray, type BlockList } from '../state/block-hash.js';
 import { CacheIndex } from '../state/cache-index.js';
 import type { CacheBlocksEvent } from '../state/events.js';
 import { packHlc } from '../state/hlc.js';
 import { LoadView } from '../state/load-view.js';
 import type { WorkerView } from '../state/registry.js';
 import type { EngineLoad, WorkerSpec, WorkerStatus } from '../state/worker.js';
+import { seededRandom } from '../testing/prng.js';
 import type { PolicyParams, RouteRequest, RoutingContext } from './types.js';
 
-/** mulberry32: a small, fast, seeded PRNG in [0, 1) */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom };
 
 export interface MakeWorkerOptions {
   models?: string[];
@@ -94,29 +86,33 @@ export function makeContext(opts: MakeContextOptions = {}): TestContext {
   const cache = new CacheIndex(opts.maxBlocksPerWorker);
   const branches = new Map<string, number>();
   const cacheEvents: CacheBlocksEvent[] = [];
+  /** applies the delta at once (the gateway queues it: CacheRecorder) */
+  const record = (model: string, workerId: string, blocks: BlockList, fromDepth: number): void => {
+    const hashes = blockArray(blocks);
+    if (nowMs === lastWall) counter = Math.min(counter + 1, 1023);
+    else {
+      lastWall = nowMs;
+      counter = 0;
+    }
+    const ev: CacheBlocksEvent = {
+      kind: 'cache.blocks',
+      model,
+      worker: workerId,
+      anchor: fromDepth > 0 ? hashes[fromDepth - 1] : 0,
+      hashes: hashes.slice(fromDepth),
+      seen: packHlc({ wall: nowMs, counter, node: 'test-node' }),
+    };
+    cacheEvents.push(ev);
+    cache.apply(ev);
+  };
   return {
     load,
     cache,
     blockChars: opts.blockChars ?? 64,
     branches,
     cacheEvents,
-    recordCache(model: string, workerId: string, hashes: readonly number[], fromDepth: number): void {
-      if (nowMs === lastWall) counter = Math.min(counter + 1, 1023);
-      else {
-        lastWall = nowMs;
-        counter = 0;
-      }
-      const ev: CacheBlocksEvent = {
-        kind: 'cache.blocks',
-        model,
-        worker: workerId,
-        anchor: fromDepth > 0 ? hashes[fromDepth - 1] : 0,
-        hashes: hashes.slice(fromDepth),
-        seen: packHlc({ wall: nowMs, counter, node: 'test-node' }),
-      };
-      cacheEvents.push(ev);
-      cache.apply(ev);
-    },
+    recordCache: record,
+    recordCacheDeferred: record,
     random,
     now: () => nowMs,
     branch(policy: string, branch: string): void {

@@ -4,6 +4,7 @@
  * and never throws for ordinary input. Returning `undefined` means "no worker" (the caller answers
  * 503 `no_available_workers`).
  */
+import type { PromptHashes } from '../state/block-hash.js';
 import type { CacheIndex } from '../state/cache-index.js';
 import type { LoadView } from '../state/load-view.js';
 import type { WorkerView } from '../state/registry.js';
@@ -43,6 +44,12 @@ export interface RoutingContext {
   readonly blockChars: number;
   /** records that `workerId` now holds the prompt's blocks from `fromDepth` on (emits a cache event) */
   recordCache(model: string, workerId: string, hashes: readonly number[], fromDepth: number): void;
+  /**
+   * Optional: as `recordCache`, for a prompt hashed on demand whose tail the decision did not
+   * need. A context that queues the delta (a CacheRecorder) hashes the rest after the decision;
+   * without this method, policies complete the hashes themselves and call `recordCache`.
+   */
+  recordCacheDeferred?(model: string, workerId: string, hashes: PromptHashes, fromDepth: number): void;
   /** uniform random in [0, 1); injectable for deterministic tests */
   random(): number;
   /** wall clock ms; injectable */

@@ -11,6 +11,7 @@ import type { Config } from '../cli/config-types.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { Metrics, SMG_DURATION_BUCKETS, startMetricsServer } from '../observability/metrics.js';
 import { parseWorkerSpec } from '../protocols/worker-spec.js';
+import { CacheRecorder } from '../routing/cache-recorder.js';
 import { PolicyRegistry } from '../routing/registry.js';
 import type { PolicyName, RoutingContext } from '../routing/types.js';
 import { packHlc } from '../state/hlc.js';
@@ -64,20 +65,18 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
   });
   const pools = new UpstreamPools({ requestTimeoutMs: cfg.requestTimeoutSecs * 1000 });
 
+  // routing decisions queue their prefix-cache deltas; they are applied in one batch on setImmediate
+  const recorder = new CacheRecorder(
+    (ev) => replica.apply(ev),
+    () => packHlc(replica.tick()),
+  );
   const ctx: RoutingContext = {
     load: replica.load,
     cache: replica.cache,
     blockChars: cfg.prefixBlockChars,
-    recordCache(model, workerId, hashes, fromDepth) {
-      replica.apply({
-        kind: 'cache.blocks',
-        model,
-        worker: workerId,
-        anchor: fromDepth > 0 ? hashes[fromDepth - 1] : 0,
-        hashes: hashes.slice(fromDepth),
-        seen: packHlc(replica.tick()),
-      });
-    },
+    recordCache: (model, workerId, hashes, fromDepth) => recorder.record(model, workerId, hashes, fromDepth),
+    recordCacheDeferred: (model, workerId, hashes, fromDepth) =>
+      recorder.record(model, workerId, hashes, fromDepth),
     random: Math.random,
     now: Date.now,
     branch: (policy, branch) => metrics.branch(policy, branch),

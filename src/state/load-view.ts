@@ -22,8 +22,45 @@ export class LoadView {
   /** Σ over remote snapshots, recomputed when one changes or expires */
   private remoteSum = new Map<string, number>();
   private readonly engine = new Map<string, { hlc: Hlc; load: EngineLoad }>();
+  /** dense per-worker index (assigned on first use, never reused) for the array views below */
+  private readonly indexOf = new Map<string, number>();
+  /** cluster-wide in-flight per worker index: local + Σ remote, kept in step with the maps */
+  private inflightAt = new Float64Array(64);
+  /** engine report per worker index */
+  private readonly engineAt: (EngineLoad | undefined)[] = [];
 
   constructor(private readonly selfId: string) {}
+
+  /**
+   * A small dense integer for a worker id, stable for the life of this view: policies resolve
+   * their candidates' indices once per candidate list, then read `inflightByIndex()` and
+   * `engineByIndex()` with no keyed lookup per worker.
+   */
+  workerIndex(workerId: string): number {
+    let i = this.indexOf.get(workerId);
+    if (i === undefined) {
+      i = this.indexOf.size;
+      this.indexOf.set(workerId, i);
+      if (i >= this.inflightAt.length) {
+        const next = new Float64Array(this.inflightAt.length * 2);
+        next.set(this.inflightAt);
+        this.inflightAt = next;
+      }
+      this.inflightAt[i] = this.inflight(workerId);
+      this.engineAt[i] = this.engine.get(workerId)?.load;
+    }
+    return i;
+  }
+
+  /** cluster-wide in-flight by worker index (a live view: fetch it again after `workerIndex`) */
+  inflightByIndex(): Float64Array {
+    return this.inflightAt;
+  }
+
+  /** engine report by worker index (a live view) */
+  engineByIndex(): readonly (EngineLoad | undefined)[] {
+    return this.engineAt;
+  }
 
   /** cluster-wide in-flight requests on a worker */
   inflight(workerId: string): number {
@@ -47,12 +84,17 @@ export class LoadView {
   acquire(workerId: string): void {
     this.local.set(workerId, (this.local.get(workerId) ?? 0) + 1);
     this.processedCount.set(workerId, (this.processedCount.get(workerId) ?? 0) + 1);
+    const i = this.indexOf.get(workerId);
+    if (i !== undefined) this.inflightAt[i]++;
   }
 
   release(workerId: string): void {
-    const n = (this.local.get(workerId) ?? 0) - 1;
+    const cur = this.local.get(workerId) ?? 0;
+    const n = cur - 1;
     if (n > 0) this.local.set(workerId, n);
     else this.local.delete(workerId);
+    const i = this.indexOf.get(workerId);
+    if (i !== undefined && cur > 0) this.inflightAt[i]--;
   }
 
   localSnapshot(): Record<string, number> {
@@ -72,6 +114,8 @@ export class LoadView {
     const cur = this.engine.get(ev.id);
     if (cur && compareHlc(cur.hlc, ev.hlc) >= 0) return false;
     this.engine.set(ev.id, { hlc: ev.hlc, load: ev.load });
+    const i = this.indexOf.get(ev.id);
+    if (i !== undefined) this.engineAt[i] = ev.load;
     return true;
   }
 
@@ -97,6 +141,11 @@ export class LoadView {
     this.local.delete(workerId);
     this.processedCount.delete(workerId);
     this.engine.delete(workerId);
+    const i = this.indexOf.get(workerId);
+    if (i !== undefined) {
+      this.inflightAt[i] = this.remoteSum.get(workerId) ?? 0;
+      this.engineAt[i] = undefined;
+    }
   }
 
   /** canonical copy of the merged (replicated) state, for tests and digests */
@@ -111,5 +160,6 @@ export class LoadView {
       for (const [w, n] of Object.entries(snap.inflight)) sum.set(w, (sum.get(w) ?? 0) + n);
     }
     this.remoteSum = sum;
+    for (const [id, i] of this.indexOf) this.inflightAt[i] = (this.local.get(id) ?? 0) + (sum.get(id) ?? 0);
   }
 }
