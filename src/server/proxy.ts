@@ -285,10 +285,18 @@ export function createInferenceFastPath(
       res.end(payload);
     };
 
+    // an oversized body is answered at once and its connection closed: the rest is never read
+    const rejectOversized = () => {
+      fail(
+        new SmgError(413, 'payload_too_large', errors.payloadTooLarge(bodyLimit).message, {
+          connection: 'close',
+        }),
+      );
+      res.once('finish', () => req.socket.destroy());
+    };
     const declared = Number(req.headers['content-length']);
     if (declared > bodyLimit) {
-      fail(errors.payloadTooLarge(bodyLimit));
-      req.resume();
+      rejectOversized();
       return true;
     }
     const chunks: Buffer[] = [];
@@ -300,7 +308,7 @@ export function createInferenceFastPath(
       if (size > bodyLimit) {
         tooLarge = true;
         chunks.length = 0;
-        fail(errors.payloadTooLarge(bodyLimit));
+        rejectOversized();
         return;
       }
       chunks.push(chunk);
