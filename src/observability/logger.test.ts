@@ -28,7 +28,7 @@ describe('logger', () => {
     const lines = s.lines();
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(
-      /^\d{4}-\d\d-\d\dT.* INFO  worker registered worker=http:\/\/a:1 note="two words"$/,
+      /^\d{4}-\d\d-\d\dT.* INFO {2}worker registered worker=http:\/\/a:1 note="two words"$/,
     );
   });
 
