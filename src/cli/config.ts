@@ -15,7 +15,11 @@ import { z } from 'zod';
 
 import { POLICY_NAMES } from '../routing/types.js';
 import type { PolicyName } from '../routing/types.js';
+import { checkWorkerUrl } from '../protocols/worker-spec.js';
 import type { Config, LogLevel } from './config-types.js';
+
+/** worker URL validation is shared with the admin API (POST/PUT /workers) */
+export { checkWorkerUrl };
 
 /** Any problem with the launch configuration; the message is meant for the user as is. */
 export class ConfigError extends Error {
@@ -177,40 +181,6 @@ function textList() {
 
 // ---------------------------------------------------------------------------------------------
 // Worker URLs, model aliases, header names: values with structure of their own.
-
-const SCHEME_RE = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//;
-
-/**
- * Validates and normalises one worker URL: a bare `host:port` means `http://host:port` (as in SMG),
- * only http(s) is accepted, a trailing `/` is stripped. Kept as the user wrote it otherwise, since
- * the URL is the worker's identity (admin API, metrics labels).
- */
-export function checkWorkerUrl(raw: string): { ok: true; url: string } | { ok: false; reason: string } {
-  const trimmed = raw.trim();
-  if (trimmed === '') return { ok: false, reason: 'empty worker URL' };
-  const scheme = SCHEME_RE.exec(trimmed)?.[1];
-  if (scheme !== undefined && !/^https?$/i.test(scheme)) {
-    return {
-      ok: false,
-      reason: `unsupported scheme ${show(scheme.toLowerCase())} in ${trimmed}; only http and https are supported in this version`,
-    };
-  }
-  const withScheme = scheme === undefined ? `http://${trimmed}` : trimmed;
-  let parsed: URL;
-  try {
-    parsed = new URL(withScheme);
-  } catch {
-    return { ok: false, reason: `invalid URL ${show(raw)}` };
-  }
-  if (parsed.hostname === '') return { ok: false, reason: `invalid URL ${show(raw)} (no host)` };
-  if (parsed.search !== '' || parsed.hash !== '' || /[?#]/.test(withScheme)) {
-    return { ok: false, reason: `invalid URL ${show(raw)} (query strings and fragments are not allowed)` };
-  }
-  if (parsed.username !== '' || parsed.password !== '') {
-    return { ok: false, reason: `invalid URL ${show(raw)} (credentials are not allowed)` };
-  }
-  return { ok: true, url: withScheme.replace(/\/+$/, '') };
-}
 
 const workerUrls = z.preprocess(
   toList,

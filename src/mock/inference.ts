@@ -201,21 +201,31 @@ export const chatPlan: PlanBuilder = (e, b) => {
     token: (i, w) => w.write(pre + '{"content":' + JSON.stringify(gen.pieces[i]) + '}' + post),
     tail: (w) => {
       w.write(pre + `{},"logprobs":null,"finish_reason":"${finish}"}]}\n\n`);
-      if (includeUsage) {
-        const chunk = {
+      endOpenAiStream(
+        w,
+        includeUsage && {
           id,
           object: 'chat.completion.chunk',
           created,
           model,
-          choices: [],
           usage: openAiUsage(prefill, n),
-        };
-        w.write(`data: ${JSON.stringify(chunk)}\n\n`);
-      }
-      w.write(DONE);
+        },
+      );
     },
   };
 };
+
+/** the end of an OpenAI stream: the `stream_options.include_usage` chunk if asked, then [DONE] */
+function endOpenAiStream(
+  w: { write(chunk: string): unknown },
+  usageChunk: false | { id: string; object: string; created: number; model: string; usage: unknown },
+): void {
+  if (usageChunk) {
+    const { usage, ...head } = usageChunk;
+    w.write(`data: ${JSON.stringify({ ...head, choices: [], usage })}\n\n`);
+  }
+  w.write(DONE);
+}
 
 // ---------------------------------------------------------------- /v1/completions
 
@@ -270,18 +280,16 @@ export const completionPlan: PlanBuilder = (e, b) => {
       for (let j = 0; j < gens.length; j++) {
         w.write(`${pre}${j},"text":"","logprobs":null,"finish_reason":"${finish}"}]}\n\n`);
       }
-      if (includeUsage) {
-        const chunk = {
+      endOpenAiStream(
+        w,
+        includeUsage && {
           id,
           object: 'text_completion',
           created,
           model,
-          choices: [],
           usage: openAiUsage(prefill, completion),
-        };
-        w.write(`data: ${JSON.stringify(chunk)}\n\n`);
-      }
-      w.write(DONE);
+        },
+      );
     },
   };
 };

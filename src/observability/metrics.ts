@@ -47,7 +47,6 @@ export class Metrics {
   readonly manualCacheEntries: Gauge;
 
   private readonly cache = new Map<string, { inc(v?: number): void }>();
-  private readonly histCache = new Map<string, { observe(v: number): void }>();
   /** refreshes gauges that are cheaper to compute at scrape time than to keep current */
   beforeScrape: () => void = () => undefined;
 
@@ -194,18 +193,6 @@ export class Metrics {
       this.cache.set(key, child);
     }
     child.inc(by);
-  }
-
-  /** observes a labelled histogram through a cached child */
-  observe<T extends string>(hist: Histogram<T>, labels: Record<T, string>, value: number): void {
-    const key = `${(hist as unknown as { name: string }).name}\u0000${Object.values(labels).join('\u0000')}`;
-    let child = this.histCache.get(key);
-    if (!child) {
-      child = hist.labels(labels);
-      if (this.histCache.size > 50_000) this.histCache.clear();
-      this.histCache.set(key, child);
-    }
-    child.observe(value);
   }
 
   branch(policy: 'manual' | 'consistent_hashing' | 'prefix_hash', branch: string): void {

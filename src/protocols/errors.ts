@@ -32,8 +32,6 @@ export const errors = {
   unsupportedMediaType: (ct: string) =>
     new SmgError(415, 'unsupported_media_type', `Unsupported content type "${ct}": send application/json`),
   notFound: (path: string) => new SmgError(404, 'not_found', `No route for ${path}`),
-  methodNotAllowed: (method: string, path: string) =>
-    new SmgError(405, 'method_not_allowed', `Method ${method} is not allowed on ${path}`),
   modelNotFound: (model: string) =>
     new SmgError(404, 'model_not_found', `No worker available for model '${model}'`),
   noAvailableWorkers: (model: string) =>
@@ -42,8 +40,8 @@ export const errors = {
       'no_available_workers',
       model ? `No available workers for model '${model}'` : 'No available workers',
     ),
-  payloadTooLarge: (limit: number) =>
-    new SmgError(413, 'payload_too_large', `Request body exceeds the limit of ${limit} bytes`),
+  payloadTooLarge: (limit: number, headers: Record<string, string> = {}) =>
+    new SmgError(413, 'payload_too_large', `Request body exceeds the limit of ${limit} bytes`, headers),
   upstreamTimeout: (url: string) =>
     new SmgError(504, 'call_upstream_timeout', `Upstream worker ${url} did not answer in time`),
   upstreamUnreachable: (url: string, detail: string) =>
@@ -52,5 +50,4 @@ export const errors = {
   workerExists: (url: string) =>
     new SmgError(409, 'worker_already_exists', `Worker with URL ${url} already exists`),
   invalidWorker: (message: string) => new SmgError(400, 'invalid_worker_spec', message),
-  notReady: (reason: string) => new SmgError(503, 'not_ready', reason),
 };

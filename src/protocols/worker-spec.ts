@@ -5,25 +5,41 @@
 import { z } from 'zod';
 import type { WorkerSpec } from '../state/worker.js';
 
-/** `host:port` ⇒ `http://host:port`; only http and https are served in this version */
-export function normalizeWorkerUrl(raw: string): { url: string } | { error: string } {
-  let text = raw.trim();
-  if (!text) return { error: 'worker url is empty' };
-  if (!/^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//.test(text)) text = `http://${text}`;
-  let u: URL;
-  try {
-    u = new URL(text);
-  } catch {
-    return { error: `invalid worker url "${raw}"` };
-  }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+const SCHEME_RE = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//;
+
+/**
+ * Validates and normalises one worker URL: a bare `host:port` means `http://host:port` (as in SMG),
+ * only http(s) is accepted, a trailing `/` is stripped. Kept as the user wrote it otherwise, since
+ * the URL is the worker's identity (admin API, metrics labels).
+ */
+export function checkWorkerUrl(raw: string): { ok: true; url: string } | { ok: false; reason: string } {
+  const trimmed = raw.trim();
+  if (trimmed === '') return { ok: false, reason: 'empty worker URL' };
+  const scheme = SCHEME_RE.exec(trimmed)?.[1];
+  if (scheme !== undefined && !/^https?$/i.test(scheme)) {
     return {
-      error: `unsupported scheme "${u.protocol.slice(0, -1)}" in ${raw}; only http and https workers are supported`,
+      ok: false,
+      reason: `unsupported scheme ${JSON.stringify(scheme.toLowerCase())} in ${trimmed}; only http and https are supported in this version`,
     };
   }
-  if (!u.hostname) return { error: `invalid worker url "${raw}": no host` };
-  if (u.search || u.hash) return { error: `invalid worker url "${raw}": no query or fragment allowed` };
-  return { url: `${u.protocol}//${u.host}${u.pathname.replace(/\/+$/, '')}` };
+  const withScheme = scheme === undefined ? `http://${trimmed}` : trimmed;
+  let parsed: URL;
+  try {
+    parsed = new URL(withScheme);
+  } catch {
+    return { ok: false, reason: `invalid URL ${JSON.stringify(raw)}` };
+  }
+  if (parsed.hostname === '') return { ok: false, reason: `invalid URL ${JSON.stringify(raw)} (no host)` };
+  if (parsed.search !== '' || parsed.hash !== '' || /[?#]/.test(withScheme)) {
+    return {
+      ok: false,
+      reason: `invalid URL ${JSON.stringify(raw)} (query strings and fragments are not allowed)`,
+    };
+  }
+  if (parsed.username !== '' || parsed.password !== '') {
+    return { ok: false, reason: `invalid URL ${JSON.stringify(raw)} (credentials are not allowed)` };
+  }
+  return { ok: true, url: withScheme.replace(/\/+$/, '') };
 }
 
 const modelCard = z.union([z.string().min(1), z.object({ id: z.string().min(1) }).loose()]);
@@ -85,8 +101,8 @@ export function parseWorkerSpec(body: unknown): { spec: WorkerSpec } | { error: 
   const v = r.data;
   if (v.connection_mode !== 'http')
     return { error: 'connection_mode: only "http" is supported in this version' };
-  const norm = normalizeWorkerUrl(v.url);
-  if ('error' in norm) return norm;
+  const norm = checkWorkerUrl(v.url);
+  if (!norm.ok) return { error: norm.reason };
   const models = (v.models ?? []).map((m) => (typeof m === 'string' ? m : m.id));
   if (v.model_id && !models.includes(v.model_id)) models.push(v.model_id);
   const spec: WorkerSpec = {

@@ -40,14 +40,6 @@ export interface InflightCounter {
   proxied: number;
 }
 
-export interface ProxyDeps {
-  inflight: InflightCounter;
-  replica: Replica;
-  selection: WorkerSelection;
-  pools: UpstreamPools;
-  metrics: Metrics;
-}
-
 export function upstreamRequestHeaders(
   incoming: IncomingHttpHeaders,
   requestId: string,
@@ -182,7 +174,12 @@ export function recordHttpOutcome(metrics: Metrics, logger: Logger, o: HttpOutco
   }
 }
 
-export interface FastPathDeps extends ProxyDeps {
+export interface FastPathDeps {
+  inflight: InflightCounter;
+  replica: Replica;
+  selection: WorkerSelection;
+  pools: UpstreamPools;
+  metrics: Metrics;
   logger: Logger;
   bodyLimit: number;
   genReqId: (req: IncomingMessage) => string;
@@ -287,11 +284,7 @@ export function createInferenceFastPath(
 
     // an oversized body is answered at once and its connection closed: the rest is never read
     const rejectOversized = () => {
-      fail(
-        new SmgError(413, 'payload_too_large', errors.payloadTooLarge(bodyLimit).message, {
-          connection: 'close',
-        }),
-      );
+      fail(errors.payloadTooLarge(bodyLimit, { connection: 'close' }));
       res.once('finish', () => req.socket.destroy());
     };
     const declared = Number(req.headers['content-length']);

@@ -97,9 +97,7 @@ export class WorkerRegistry {
 
   /** workers that serve `model` (including wildcard workers), routable or not */
   forModel(model: string): readonly WorkerView[] {
-    const named = this.byModel.get(model);
-    if (!named) return this.wildcard;
-    return this.wildcard.length === 0 ? named : [...named, ...this.wildcard];
+    return this.byModel.get(model) ?? this.wildcard;
   }
 
   hasModel(model: string): boolean {
@@ -164,8 +162,10 @@ export class WorkerRegistry {
     wildcard.sort(byUrlOrder);
     const routableByModel = new Map<string, WorkerView[]>();
     const routableWildcard = wildcard.filter((w) => w.routable);
+    // per-model lists include the wildcard workers, built once here so reads never allocate
     for (const [m, list] of byModel) {
       list.sort(byUrlOrder);
+      if (wildcard.length > 0) byModel.set(m, [...list, ...wildcard]);
       const r = list.filter((w) => w.routable);
       routableByModel.set(m, routableWildcard.length === 0 ? r : [...r, ...routableWildcard]);
     }
