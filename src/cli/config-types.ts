@@ -57,4 +57,96 @@ export interface Config {
   prometheusPort: number;
   prometheusDurationBuckets?: number[];
   requestIdHeaders: string[];
+  // issue 3: reliability, admission, auth, tracing
+  retry: RetryConfig;
+  circuitBreaker: CircuitBreakerConfig;
+  admission: AdmissionConfig;
+  auth: AuthConfig;
+  tracing: TracingConfig;
+}
+
+/** §1.7 retries (issue 3). */
+export interface RetryConfig {
+  /** --retry-max-retries (4): retries after the first attempt; SMG's flag counts attempts (its 5 = our 4) */
+  maxRetries: number;
+  /** --retry-initial-backoff-ms (50) */
+  initialBackoffMs: number;
+  /** --retry-max-backoff-ms (30000) */
+  maxBackoffMs: number;
+  /** --retry-backoff-multiplier (1.5) */
+  backoffMultiplier: number;
+  /** --retry-jitter-factor (0.2): ± fraction of the delay */
+  jitterFactor: number;
+  /** --disable-retries */
+  disabled: boolean;
+  /** --retry-budget-ratio (0.2): retries may be at most this fraction of requests over the window */
+  budgetRatio: number;
+  /** --retry-budget-window-secs (10): the sliding window of the budget */
+  budgetWindowSecs: number;
+  /** --retry-budget-min-per-sec (10): retries always allowed per second, so a quiet gateway can retry */
+  budgetMinPerSec: number;
+}
+
+/** §1.7 circuit breakers (issue 3), per worker and per node. */
+export interface CircuitBreakerConfig {
+  /** --cb-failure-threshold (10): consecutive failures (or failures within the window) to open */
+  failureThreshold: number;
+  /** --cb-success-threshold (3): successes in half-open to close */
+  successThreshold: number;
+  /** --cb-timeout-duration-secs (60): open → half-open */
+  timeoutDurationSecs: number;
+  /** --cb-window-duration-secs (120): sliding window in which failures count (SMG ignores it) */
+  windowDurationSecs: number;
+  /** --disable-circuit-breaker */
+  disabled: boolean;
+}
+
+export type PriorityClass = 'bulk' | 'default' | 'interactive' | 'system';
+
+/** §1.8 admission (issue 3). */
+export interface AdmissionConfig {
+  /** --max-concurrent-requests (-1 = off): token-bucket capacity */
+  maxConcurrentRequests: number;
+  /** --rate-limit-tokens-per-second (default: = max-concurrent-requests) */
+  rateLimitTokensPerSecond?: number;
+  /** --queue-size (100; 0 = no queue) */
+  queueSize: number;
+  /** --queue-timeout-secs (60) */
+  queueTimeoutSecs: number;
+  /** --priority-scheduler-enabled */
+  priorityScheduler: boolean;
+  /** --priority-scheduler-default-max-class (default) */
+  priorityDefaultMaxClass: PriorityClass;
+  /** --priority-scheduler-config: YAML path (classes, tenant_policies) */
+  priorityConfigPath?: string;
+  /** --priority-scheduler-tenant-metric-top-n (32) */
+  priorityTenantMetricTopN: number;
+  /** --tenant-rate-limit-enabled */
+  tenantRateLimit: boolean;
+  /** --tenant-rate-limit-config: YAML path, required when enabled */
+  tenantRateLimitConfigPath?: string;
+}
+
+/** §1.9 auth (issue 3). Keys are plaintext here; the auth module hashes them at start-up. */
+export interface AuthConfig {
+  /** --api-key: data + admin plane; also sent to workers */
+  apiKey?: string;
+  /** --tenant-api-key tenant:key (repeatable) */
+  tenantApiKeys: { tenant: string; key: string }[];
+  /** --trust-tenant-header */
+  trustTenantHeader: boolean;
+  /** --tenant-header-name (x-smg-tenant-id) */
+  tenantHeaderName: string;
+  /** --control-plane-api-keys id:name:role:key (env CONTROL_PLANE_API_KEYS) */
+  controlPlaneApiKeys: { id: string; name: string; role: 'admin' | 'user'; key: string }[];
+  /** --disable-audit-logging */
+  disableAuditLogging: boolean;
+}
+
+/** §1.10 tracing (issue 3). */
+export interface TracingConfig {
+  /** --enable-trace */
+  enabled: boolean;
+  /** --otlp-traces-endpoint: OTLP/HTTP URL (default http://localhost:4318/v1/traces) */
+  otlpTracesEndpoint: string;
 }

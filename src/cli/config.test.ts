@@ -84,6 +84,41 @@ const SMG_DEFAULTS: Config = {
   prometheusHost: '0.0.0.0',
   prometheusPort: 29000,
   requestIdHeaders: ['x-request-id', 'x-correlation-id', 'x-trace-id', 'request-id'],
+  retry: {
+    maxRetries: 4,
+    initialBackoffMs: 50,
+    maxBackoffMs: 30000,
+    backoffMultiplier: 1.5,
+    jitterFactor: 0.2,
+    disabled: false,
+    budgetRatio: 0.2,
+    budgetWindowSecs: 10,
+    budgetMinPerSec: 10,
+  },
+  circuitBreaker: {
+    failureThreshold: 10,
+    successThreshold: 3,
+    timeoutDurationSecs: 60,
+    windowDurationSecs: 120,
+    disabled: false,
+  },
+  admission: {
+    maxConcurrentRequests: -1,
+    queueSize: 100,
+    queueTimeoutSecs: 60,
+    priorityScheduler: false,
+    priorityDefaultMaxClass: 'default',
+    priorityTenantMetricTopN: 32,
+    tenantRateLimit: false,
+  },
+  auth: {
+    tenantApiKeys: [],
+    trustTenantHeader: false,
+    tenantHeaderName: 'x-smg-tenant-id',
+    controlPlaneApiKeys: [],
+    disableAuditLogging: false,
+  },
+  tracing: { enabled: false, otlpTracesEndpoint: 'http://localhost:4318/v1/traces' },
 };
 
 describe('defaults', () => {
@@ -144,6 +179,44 @@ const VALUE_FLAGS: [string, string, (c: Config) => unknown, unknown][] = [
   ['log-level', 'debug', (c) => c.logLevel, 'debug'],
   ['prometheus-host', '127.0.0.1', (c) => c.prometheusHost, '127.0.0.1'],
   ['prometheus-port', '9100', (c) => c.prometheusPort, 9100],
+  [
+    'otlp-traces-endpoint',
+    'http://otel:4318/v1/traces',
+    (c) => c.tracing.otlpTracesEndpoint,
+    'http://otel:4318/v1/traces',
+  ],
+  ['retry-max-retries', '3', (c) => c.retry.maxRetries, 3],
+  ['retry-initial-backoff-ms', '20', (c) => c.retry.initialBackoffMs, 20],
+  ['retry-max-backoff-ms', '900', (c) => c.retry.maxBackoffMs, 900],
+  ['retry-backoff-multiplier', '2', (c) => c.retry.backoffMultiplier, 2],
+  ['retry-jitter-factor', '0.5', (c) => c.retry.jitterFactor, 0.5],
+  ['retry-budget-ratio', '0.1', (c) => c.retry.budgetRatio, 0.1],
+  ['retry-budget-window-secs', '30', (c) => c.retry.budgetWindowSecs, 30],
+  ['retry-budget-min-per-sec', '5', (c) => c.retry.budgetMinPerSec, 5],
+  ['cb-failure-threshold', '5', (c) => c.circuitBreaker.failureThreshold, 5],
+  ['cb-success-threshold', '2', (c) => c.circuitBreaker.successThreshold, 2],
+  ['cb-timeout-duration-secs', '7', (c) => c.circuitBreaker.timeoutDurationSecs, 7],
+  ['cb-window-duration-secs', '9', (c) => c.circuitBreaker.windowDurationSecs, 9],
+  ['max-concurrent-requests', '64', (c) => c.admission.maxConcurrentRequests, 64],
+  ['rate-limit-tokens-per-second', '12.5', (c) => c.admission.rateLimitTokensPerSecond, 12.5],
+  ['queue-size', '0', (c) => c.admission.queueSize, 0],
+  ['queue-timeout-secs', '5', (c) => c.admission.queueTimeoutSecs, 5],
+  ['priority-scheduler-default-max-class', 'bulk', (c) => c.admission.priorityDefaultMaxClass, 'bulk'],
+  [
+    'priority-scheduler-config',
+    import.meta.filename,
+    (c) => c.admission.priorityConfigPath,
+    import.meta.filename,
+  ],
+  ['priority-scheduler-tenant-metric-top-n', '8', (c) => c.admission.priorityTenantMetricTopN, 8],
+  [
+    'tenant-rate-limit-config',
+    import.meta.filename,
+    (c) => c.admission.tenantRateLimitConfigPath,
+    import.meta.filename,
+  ],
+  ['api-key', 'k3y', (c) => c.auth.apiKey, 'k3y'],
+  ['tenant-header-name', 'X-Tenant', (c) => c.auth.tenantHeaderName, 'x-tenant'],
 ];
 
 const SWITCHES: [string, (c: Config) => boolean][] = [
@@ -152,6 +225,12 @@ const SWITCHES: [string, (c: Config) => boolean][] = [
   ['disable-health-check', (c) => c.health.disabled],
   ['remove-unhealthy-workers', (c) => c.health.removeUnhealthyWorkers],
   ['log-json', (c) => c.logJson],
+  ['enable-trace', (c) => c.tracing.enabled],
+  ['disable-retries', (c) => c.retry.disabled],
+  ['disable-circuit-breaker', (c) => c.circuitBreaker.disabled],
+  ['priority-scheduler-enabled', (c) => c.admission.priorityScheduler],
+  ['trust-tenant-header', (c) => c.auth.trustTenantHeader],
+  ['disable-audit-logging', (c) => c.auth.disableAuditLogging],
 ];
 
 const LIST_FLAGS: [string, string[], (c: Config) => unknown, unknown][] = [
@@ -170,11 +249,21 @@ const LIST_FLAGS: [string, string[], (c: Config) => unknown, unknown][] = [
   ],
   ['request-id-headers', ['X-Req', 'x-other'], (c) => c.requestIdHeaders, ['x-req', 'x-other']],
   ['prometheus-duration-buckets', ['0.1', '0.5', '1'], (c) => c.prometheusDurationBuckets, [0.1, 0.5, 1]],
+  ['tenant-api-key', ['a:k1', 'b:k2'], (c) => c.auth.tenantApiKeys.map((k) => k.tenant), ['a', 'b']],
+  [
+    'control-plane-api-keys',
+    ['x:X:admin:k1', 'y:Y:user:k2'],
+    (c) => c.auth.controlPlaneApiKeys.map((k) => k.id),
+    ['x', 'y'],
+  ],
 ];
 
 describe('every flag parses', () => {
   it('the tables cover every launch flag', () => {
-    const covered = [...VALUE_FLAGS, ...SWITCHES, ...LIST_FLAGS].map((row) => row[0]).sort();
+    // tested on its own below: it needs its config file
+    const covered = [...VALUE_FLAGS, ...SWITCHES, ...LIST_FLAGS, ['tenant-rate-limit-enabled']]
+      .map((row) => row[0] as string)
+      .sort();
     expect(covered).toEqual(Object.keys(LAUNCH_FLAGS).sort());
   });
 
@@ -594,5 +683,96 @@ describe('help', () => {
     for (const line of [...LAUNCH_HELP.split('\n'), ...TOP_HELP.split('\n')]) {
       expect(line.length, line).toBeLessThanOrEqual(100);
     }
+  });
+});
+
+describe('reliability, admission, auth and tracing flags', () => {
+  it('parse retries and breakers; --disable-retries means zero retries', () => {
+    const c = parse([
+      '--retry-max-retries',
+      '2',
+      '--retry-initial-backoff-ms',
+      '10',
+      '--retry-jitter-factor',
+      '0',
+      '--cb-failure-threshold',
+      '3',
+      '--cb-window-duration-secs',
+      '30',
+    ]);
+    expect(c.retry).toMatchObject({ maxRetries: 2, initialBackoffMs: 10, jitterFactor: 0 });
+    expect(c.circuitBreaker).toMatchObject({ failureThreshold: 3, windowDurationSecs: 30 });
+    expect(parse(['--disable-retries']).retry).toMatchObject({ maxRetries: 0, disabled: true });
+    expect(errorOf(['--retry-jitter-factor', '2'])).toMatch(
+      /--retry-jitter-factor: must be a number between 0 and 1/,
+    );
+    expect(errorOf(['--retry-initial-backoff-ms', '500', '--retry-max-backoff-ms', '100'])).toMatch(
+      /--retry-max-backoff-ms: must be >= --retry-initial-backoff-ms/,
+    );
+  });
+
+  it('parse admission flags and require the tenant rate-limit file', () => {
+    const c = parse([
+      '--max-concurrent-requests',
+      '8',
+      '--queue-size',
+      '0',
+      '--rate-limit-tokens-per-second',
+      '4',
+    ]);
+    expect(c.admission).toMatchObject({
+      maxConcurrentRequests: 8,
+      queueSize: 0,
+      rateLimitTokensPerSecond: 4,
+    });
+    const rl = parse(['--tenant-rate-limit-enabled', '--tenant-rate-limit-config', import.meta.filename]);
+    expect(rl.admission.tenantRateLimit).toBe(true);
+    expect(errorOf(['--tenant-rate-limit-enabled'])).toMatch(
+      /--tenant-rate-limit-config: is required when --tenant-rate-limit-enabled is set/,
+    );
+    expect(errorOf(['--tenant-rate-limit-config', join(dir, 'missing.yaml')])).toMatch(
+      /--tenant-rate-limit-config: cannot read/,
+    );
+    expect(errorOf(['--priority-scheduler-default-max-class', 'urgent'])).toMatch(
+      /allowed: bulk, default, interactive, system/,
+    );
+  });
+
+  it('parse keys without ever echoing them', () => {
+    const c = parse([
+      '--api-key',
+      's3cret',
+      '--tenant-api-key',
+      'acme:k:with:colons',
+      'globex:k2',
+      '--control-plane-api-keys',
+      'ops:Operator:admin:adm1n',
+    ]);
+    expect(c.auth.apiKey).toBe('s3cret');
+    expect(c.auth.tenantApiKeys).toEqual([
+      { tenant: 'acme', key: 'k:with:colons' },
+      { tenant: 'globex', key: 'k2' },
+    ]);
+    expect(c.auth.controlPlaneApiKeys).toEqual([
+      { id: 'ops', name: 'Operator', role: 'admin', key: 'adm1n' },
+    ]);
+    const m = errorOf(['--control-plane-api-keys', 'ops:Operator:root:topsecret', 'bad']);
+    expect(m).toMatch(/role "root"; allowed: admin, user/);
+    expect(m).toMatch(/entry 2 is malformed; expected id:name:role:key/);
+    expect(m).not.toMatch(/topsecret/);
+    expect(errorOf(['--tenant-api-key', 'nokey'])).toMatch(/expected tenant:key/);
+  });
+
+  it("read SMG's CONTROL_PLANE_API_KEYS environment variable", () => {
+    const c = parseLaunchArgs([], { CONTROL_PLANE_API_KEYS: 'a:A:admin:k1,b:B:user:k2' });
+    expect(c.auth.controlPlaneApiKeys.map((k) => k.role)).toEqual(['admin', 'user']);
+  });
+
+  it('normalise the OTLP endpoint', () => {
+    expect(parse(['--enable-trace', '--otlp-traces-endpoint', 'collector:4318']).tracing).toEqual({
+      enabled: true,
+      otlpTracesEndpoint: 'http://collector:4318/v1/traces',
+    });
+    expect(errorOf(['--otlp-traces-endpoint', 'grpc://x:4317'])).toMatch(/gRPC OTLP is not supported/);
   });
 });

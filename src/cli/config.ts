@@ -16,7 +16,7 @@ import { z } from 'zod';
 import { POLICY_NAMES } from '../routing/types.js';
 import type { PolicyName } from '../routing/types.js';
 import { checkWorkerUrl } from '../protocols/worker-spec.js';
-import type { Config, LogLevel } from './config-types.js';
+import type { Config, LogLevel, PriorityClass } from './config-types.js';
 
 /** worker URL validation is shared with the admin API (POST/PUT /workers) */
 export { checkWorkerUrl };
@@ -32,6 +32,14 @@ export class ConfigError extends Error {
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const satisfies readonly LogLevel[];
 export const ASSIGNMENT_MODES = ['random', 'min_load', 'min_group'] as const;
+
+export const PRIORITY_CLASSES = [
+  'bulk',
+  'default',
+  'interactive',
+  'system',
+] as const satisfies readonly PriorityClass[];
+export const CONTROL_PLANE_ROLES = ['admin', 'user'] as const;
 
 export const DEFAULT_REQUEST_ID_HEADERS = ['x-request-id', 'x-correlation-id', 'x-trace-id', 'request-id'];
 
@@ -77,6 +85,37 @@ export const LAUNCH_DEFAULTS = {
   'prometheus-host': '0.0.0.0',
   'prometheus-port': 29000,
   'request-id-headers': DEFAULT_REQUEST_ID_HEADERS,
+  'enable-trace': false,
+  'otlp-traces-endpoint': 'http://localhost:4318/v1/traces',
+  // §1.7 reliability
+  'retry-max-retries': 4,
+  'retry-initial-backoff-ms': 50,
+  'retry-max-backoff-ms': 30_000,
+  'retry-backoff-multiplier': 1.5,
+  'retry-jitter-factor': 0.2,
+  'disable-retries': false,
+  'retry-budget-ratio': 0.2,
+  'retry-budget-window-secs': 10,
+  'retry-budget-min-per-sec': 10,
+  'cb-failure-threshold': 10,
+  'cb-success-threshold': 3,
+  'cb-timeout-duration-secs': 60,
+  'cb-window-duration-secs': 120,
+  'disable-circuit-breaker': false,
+  // §1.8 admission
+  'max-concurrent-requests': -1,
+  'queue-size': 100,
+  'queue-timeout-secs': 60,
+  'priority-scheduler-enabled': false,
+  'priority-scheduler-default-max-class': 'default' as PriorityClass,
+  'priority-scheduler-tenant-metric-top-n': 32,
+  'tenant-rate-limit-enabled': false,
+  // §1.9 auth
+  'tenant-api-key': [] as { tenant: string; key: string }[],
+  'trust-tenant-header': false,
+  'tenant-header-name': 'x-smg-tenant-id',
+  'control-plane-api-keys': [] as { id: string; name: string; role: 'admin' | 'user'; key: string }[],
+  'disable-audit-logging': false,
 };
 const D = LAUNCH_DEFAULTS;
 
@@ -284,6 +323,115 @@ const durationBuckets = z.preprocess(
     }),
 );
 
+/** `tenant:key` entries; the key may itself contain ':' and is never echoed in messages */
+const tenantApiKeys = z.preprocess(
+  toList,
+  z
+    .array(z.string({ error: () => 'must be a list of tenant:key entries' }), {
+      error: () => 'must be a list of tenant:key entries',
+    })
+    .transform((items, ctx) => {
+      const out: { tenant: string; key: string }[] = [];
+      for (const [i, item] of items.entries()) {
+        const colon = item.indexOf(':');
+        const tenant = colon < 0 ? '' : item.slice(0, colon).trim();
+        const key = colon < 0 ? '' : item.slice(colon + 1).trim();
+        if (tenant === '' || key === '') {
+          ctx.addIssue({
+            code: 'custom',
+            message: `entry ${i + 1} is malformed; expected tenant:key`,
+            input: '',
+          });
+        } else if (out.some((e) => e.tenant === tenant)) {
+          ctx.addIssue({ code: 'custom', message: `tenant ${show(tenant)} is given twice`, input: '' });
+        } else {
+          out.push({ tenant, key });
+        }
+      }
+      return out;
+    }),
+);
+
+/** `id:name:role:key` entries (SMG's format); the key may contain ':' and is never echoed */
+const controlPlaneKeys = z.preprocess(
+  toList,
+  z
+    .array(z.string({ error: () => 'must be a list of id:name:role:key entries' }), {
+      error: () => 'must be a list of id:name:role:key entries',
+    })
+    .transform((items, ctx) => {
+      const out: { id: string; name: string; role: 'admin' | 'user'; key: string }[] = [];
+      for (const [i, item] of items.entries()) {
+        const parts = item.split(':');
+        const [id = '', name = '', role = ''] = parts.map((p) => p.trim());
+        const key = parts.slice(3).join(':').trim();
+        if (parts.length < 4 || id === '' || name === '' || key === '') {
+          ctx.addIssue({
+            code: 'custom',
+            message: `entry ${i + 1} is malformed; expected id:name:role:key`,
+            input: '',
+          });
+        } else if (!(CONTROL_PLANE_ROLES as readonly string[]).includes(role)) {
+          ctx.addIssue({
+            code: 'custom',
+            message: `entry ${i + 1} (id ${show(id)}) has role ${show(role)}; allowed: ${CONTROL_PLANE_ROLES.join(', ')}`,
+            input: '',
+          });
+        } else if (out.some((e) => e.id === id)) {
+          ctx.addIssue({ code: 'custom', message: `key id ${show(id)} is given twice`, input: '' });
+        } else {
+          out.push({ id, name, role: role as 'admin' | 'user', key });
+        }
+      }
+      return out;
+    }),
+);
+
+/** an OTLP/HTTP traces URL; `host:port` means http://host:port/v1/traces */
+const otlpEndpoint = z
+  .string({ error: (iss) => `must be an OTLP/HTTP URL, got ${show(iss.input)}` })
+  .transform((raw, ctx) => {
+    let s = raw.trim();
+    if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(s)) s = `http://${s}`;
+    let u: URL;
+    try {
+      u = new URL(s);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `must be an OTLP/HTTP URL, got ${show(raw)}`, input: raw });
+      return z.NEVER;
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+      ctx.addIssue({
+        code: 'custom',
+        message: `must be an http(s) URL (OTLP/HTTP; gRPC OTLP is not supported), got ${show(raw)}`,
+        input: raw,
+      });
+      return z.NEVER;
+    }
+    if (u.pathname === '/' || u.pathname === '') u.pathname = '/v1/traces';
+    return u.toString();
+  });
+
+const HEADER_NAME_SINGLE = z
+  .string({ error: (iss) => `must be a header name, got ${show(iss.input)}` })
+  .transform((v) => v.trim().toLowerCase())
+  .pipe(z.string().regex(HEADER_NAME_RE, { error: (iss) => `invalid header name ${show(iss.input)}` }));
+
+/** a file that must exist and be readable; its content is validated by its own loader */
+function readableFile() {
+  return text().superRefine((path, ctx) => {
+    try {
+      readFileSync(path);
+    } catch (err) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `cannot read ${show(path)}: ${(err as Error).message}`,
+        input: path,
+      });
+    }
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // The schema: one key per flag, in SMG spelling without the leading `--`.
 
@@ -340,6 +488,45 @@ const LAUNCH_SHAPE = {
   'prometheus-port': port().default(D['prometheus-port']),
   'prometheus-duration-buckets': durationBuckets.optional(),
   'request-id-headers': requestIdHeaders.default(D['request-id-headers']),
+  'enable-trace': bool().default(D['enable-trace']),
+  'otlp-traces-endpoint': otlpEndpoint.default(D['otlp-traces-endpoint']),
+  // §1.7 reliability
+  'retry-max-retries': int(0, 100).default(D['retry-max-retries']),
+  'retry-initial-backoff-ms': int(0).default(D['retry-initial-backoff-ms']),
+  'retry-max-backoff-ms': int(0).default(D['retry-max-backoff-ms']),
+  'retry-backoff-multiplier': num({ min: 1 }).default(D['retry-backoff-multiplier']),
+  'retry-jitter-factor': num({ min: 0, max: 1 }).default(D['retry-jitter-factor']),
+  'disable-retries': bool().default(D['disable-retries']),
+  'retry-budget-ratio': num({ min: 0, max: 10 }).default(D['retry-budget-ratio']),
+  'retry-budget-window-secs': int(1, 3600).default(D['retry-budget-window-secs']),
+  'retry-budget-min-per-sec': num({ min: 0 }).default(D['retry-budget-min-per-sec']),
+  'cb-failure-threshold': int(1).default(D['cb-failure-threshold']),
+  'cb-success-threshold': int(1).default(D['cb-success-threshold']),
+  'cb-timeout-duration-secs': int(1).default(D['cb-timeout-duration-secs']),
+  'cb-window-duration-secs': int(1).default(D['cb-window-duration-secs']),
+  'disable-circuit-breaker': bool().default(D['disable-circuit-breaker']),
+  // §1.8 admission
+  'max-concurrent-requests': int(-1).default(D['max-concurrent-requests']),
+  'rate-limit-tokens-per-second': num({ gt: 0 }).optional(),
+  'queue-size': int(0).default(D['queue-size']),
+  'queue-timeout-secs': int(1).default(D['queue-timeout-secs']),
+  'priority-scheduler-enabled': bool().default(D['priority-scheduler-enabled']),
+  'priority-scheduler-default-max-class': oneOf(PRIORITY_CLASSES).default(
+    D['priority-scheduler-default-max-class'],
+  ),
+  'priority-scheduler-config': readableFile().optional(),
+  'priority-scheduler-tenant-metric-top-n': int(1, 10_000).default(
+    D['priority-scheduler-tenant-metric-top-n'],
+  ),
+  'tenant-rate-limit-enabled': bool().default(D['tenant-rate-limit-enabled']),
+  'tenant-rate-limit-config': readableFile().optional(),
+  // §1.9 auth
+  'api-key': text().optional(),
+  'tenant-api-key': tenantApiKeys.default(D['tenant-api-key']),
+  'trust-tenant-header': bool().default(D['trust-tenant-header']),
+  'tenant-header-name': HEADER_NAME_SINGLE.default(D['tenant-header-name']),
+  'control-plane-api-keys': controlPlaneKeys.default(D['control-plane-api-keys']),
+  'disable-audit-logging': bool().default(D['disable-audit-logging']),
 };
 
 export type LaunchKey = keyof typeof LAUNCH_SHAPE;
@@ -361,6 +548,20 @@ export const LaunchSchema = z.object(LAUNCH_SHAPE).superRefine((v, ctx) => {
       message: `must differ from --port (both are ${v.port})`,
     });
   }
+  if (v['tenant-rate-limit-enabled'] && v['tenant-rate-limit-config'] === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['tenant-rate-limit-config'],
+      message: 'is required when --tenant-rate-limit-enabled is set',
+    });
+  }
+  if (v['retry-max-backoff-ms'] < v['retry-initial-backoff-ms']) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['retry-max-backoff-ms'],
+      message: `must be >= --retry-initial-backoff-ms (${v['retry-initial-backoff-ms']})`,
+    });
+  }
   if (v['health-check-port'] !== undefined && v['health-check-port'] === v['prometheus-port']) {
     ctx.addIssue({
       code: 'custom',
@@ -373,7 +574,8 @@ export const LaunchSchema = z.object(LAUNCH_SHAPE).superRefine((v, ctx) => {
 // ---------------------------------------------------------------------------------------------
 // What the command line knows about each flag: how it takes values, and its help line.
 
-export type FlagGroup = 'Workers/server' | 'Routing' | 'Health' | 'Observability';
+export type FlagGroup =
+  'Workers/server' | 'Routing' | 'Health' | 'Reliability' | 'Admission' | 'Auth' | 'Observability';
 
 export interface FlagInfo {
   group: FlagGroup;
@@ -390,6 +592,9 @@ const W: FlagGroup = 'Workers/server';
 const R: FlagGroup = 'Routing';
 const H: FlagGroup = 'Health';
 const O: FlagGroup = 'Observability';
+const REL: FlagGroup = 'Reliability';
+const ADM: FlagGroup = 'Admission';
+const AUTH: FlagGroup = 'Auth';
 
 export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
   host: { group: W, arity: 'value', placeholder: 'ADDR', help: 'bind address of the main listener' },
@@ -611,6 +816,159 @@ export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
     placeholder: 'NAME...',
     help: 'inbound request-id headers, first match wins',
   },
+  'enable-trace': { group: O, arity: 'switch', help: 'export OpenTelemetry traces (OTLP/HTTP)' },
+  'otlp-traces-endpoint': {
+    group: O,
+    arity: 'value',
+    placeholder: 'URL',
+    help: 'OTLP/HTTP traces URL (host:port means http://host:port/v1/traces)',
+  },
+  'retry-max-retries': {
+    group: REL,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'retries after the first attempt (SMG counts attempts: its 5 = 4 here)',
+  },
+  'retry-initial-backoff-ms': { group: REL, arity: 'value', placeholder: 'MS', help: 'first retry backoff' },
+  'retry-max-backoff-ms': { group: REL, arity: 'value', placeholder: 'MS', help: 'backoff ceiling' },
+  'retry-backoff-multiplier': {
+    group: REL,
+    arity: 'value',
+    placeholder: 'X',
+    help: 'backoff growth per retry',
+  },
+  'retry-jitter-factor': {
+    group: REL,
+    arity: 'value',
+    placeholder: '0..1',
+    help: '± random fraction of a backoff',
+  },
+  'disable-retries': { group: REL, arity: 'switch', help: 'never retry' },
+  'retry-budget-ratio': {
+    group: REL,
+    arity: 'value',
+    placeholder: 'X',
+    help: 'retries allowed per request over the budget window',
+  },
+  'retry-budget-window-secs': {
+    group: REL,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'retry budget window',
+  },
+  'retry-budget-min-per-sec': {
+    group: REL,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'retries per second always allowed, whatever the ratio',
+  },
+  'cb-failure-threshold': {
+    group: REL,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'consecutive failures within the window that open a circuit',
+  },
+  'cb-success-threshold': {
+    group: REL,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'half-open successes that close a circuit',
+  },
+  'cb-timeout-duration-secs': {
+    group: REL,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'time a circuit stays open before half-open probes',
+  },
+  'cb-window-duration-secs': {
+    group: REL,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'failures older than this no longer count towards opening',
+  },
+  'disable-circuit-breaker': { group: REL, arity: 'switch', help: 'never open circuits' },
+  'max-concurrent-requests': {
+    group: ADM,
+    arity: 'value',
+    placeholder: 'N',
+    defaultText: '-1 (off)',
+    help: 'in-flight inference requests admitted at once',
+  },
+  'rate-limit-tokens-per-second': {
+    group: ADM,
+    arity: 'value',
+    placeholder: 'N',
+    defaultText: 'unset (no start-rate limit)',
+    help: 'request starts per second (token bucket)',
+  },
+  'queue-size': {
+    group: ADM,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'requests waiting for admission (0: none)',
+  },
+  'queue-timeout-secs': {
+    group: ADM,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'longest admission wait (then 408)',
+  },
+  'priority-scheduler-enabled': {
+    group: ADM,
+    arity: 'switch',
+    help: 'priority classes (x-smg-priority) instead of the plain queue',
+  },
+  'priority-scheduler-default-max-class': {
+    group: ADM,
+    arity: 'value',
+    placeholder: 'CLASS',
+    help: `highest class for tenants not in the config: ${PRIORITY_CLASSES.join(', ')}`,
+  },
+  'priority-scheduler-config': {
+    group: ADM,
+    arity: 'value',
+    placeholder: 'FILE',
+    defaultText: 'unset',
+    help: 'YAML: capacity, classes, tenant_policies',
+  },
+  'priority-scheduler-tenant-metric-top-n': {
+    group: ADM,
+    arity: 'value',
+    placeholder: 'N',
+    help: 'tenants named in scheduler metric labels',
+  },
+  'tenant-rate-limit-enabled': { group: ADM, arity: 'switch', help: 'enforce per-tenant RPM/TPM limits' },
+  'tenant-rate-limit-config': {
+    group: ADM,
+    arity: 'value',
+    placeholder: 'FILE',
+    defaultText: 'unset',
+    help: 'YAML: default_policy, tenants, model_rules',
+  },
+  'api-key': {
+    group: AUTH,
+    arity: 'value',
+    placeholder: 'KEY',
+    defaultText: 'unset',
+    help: 'shared key for data and admin plane; also sent to workers',
+  },
+  'tenant-api-key': {
+    group: AUTH,
+    arity: 'list',
+    placeholder: 'TENANT:KEY...',
+    defaultText: 'none',
+    help: 'data-plane keys, each mapped to a tenant',
+  },
+  'trust-tenant-header': { group: AUTH, arity: 'switch', help: 'take the tenant from --tenant-header-name' },
+  'tenant-header-name': { group: AUTH, arity: 'value', placeholder: 'NAME', help: 'tenant header' },
+  'control-plane-api-keys': {
+    group: AUTH,
+    arity: 'list',
+    placeholder: 'ID:NAME:ROLE:KEY...',
+    defaultText: 'none',
+    help: 'admin-API keys, role admin or user (env CONTROL_PLANE_API_KEYS)',
+  },
+  'disable-audit-logging': { group: AUTH, arity: 'switch', help: 'no audit log line for admin calls' },
 };
 
 /** flags that are not launch settings */
@@ -751,8 +1109,21 @@ function scanArgv(argv: readonly string[]): ScannedArgv {
 // ---------------------------------------------------------------------------------------------
 // environment
 
+/** SMG's own environment spellings, used when the SMG_ form is absent */
+const ENV_ALIASES: Partial<Record<LaunchKey, string>> = {
+  'control-plane-api-keys': 'CONTROL_PLANE_API_KEYS',
+};
+
 function readEnv(env: NodeJS.ProcessEnv): Map<LaunchKey, RawValue> {
   const out = new Map<LaunchKey, RawValue>();
+  for (const [name, alias] of Object.entries(ENV_ALIASES) as [LaunchKey, string][]) {
+    const value = env[alias];
+    if (value !== undefined && value.trim() !== '')
+      out.set(
+        name,
+        value.split(/[\s,]+/).filter((s) => s !== ''),
+      );
+  }
   for (const name of FLAG_NAMES) {
     const value = env[envName(name)];
     if (value === undefined || value.trim() === '') continue;
@@ -911,5 +1282,50 @@ export function parseLaunchArgs(argv: string[], env: NodeJS.ProcessEnv = process
       prometheusDurationBuckets: [...v['prometheus-duration-buckets']],
     }),
     requestIdHeaders: [...v['request-id-headers']],
+    retry: {
+      maxRetries: v['disable-retries'] ? 0 : v['retry-max-retries'],
+      initialBackoffMs: v['retry-initial-backoff-ms'],
+      maxBackoffMs: v['retry-max-backoff-ms'],
+      backoffMultiplier: v['retry-backoff-multiplier'],
+      jitterFactor: v['retry-jitter-factor'],
+      disabled: v['disable-retries'],
+      budgetRatio: v['retry-budget-ratio'],
+      budgetWindowSecs: v['retry-budget-window-secs'],
+      budgetMinPerSec: v['retry-budget-min-per-sec'],
+    },
+    circuitBreaker: {
+      failureThreshold: v['cb-failure-threshold'],
+      successThreshold: v['cb-success-threshold'],
+      timeoutDurationSecs: v['cb-timeout-duration-secs'],
+      windowDurationSecs: v['cb-window-duration-secs'],
+      disabled: v['disable-circuit-breaker'],
+    },
+    admission: {
+      maxConcurrentRequests: v['max-concurrent-requests'],
+      ...(v['rate-limit-tokens-per-second'] !== undefined && {
+        rateLimitTokensPerSecond: v['rate-limit-tokens-per-second'],
+      }),
+      queueSize: v['queue-size'],
+      queueTimeoutSecs: v['queue-timeout-secs'],
+      priorityScheduler: v['priority-scheduler-enabled'],
+      priorityDefaultMaxClass: v['priority-scheduler-default-max-class'],
+      ...(v['priority-scheduler-config'] !== undefined && {
+        priorityConfigPath: v['priority-scheduler-config'],
+      }),
+      priorityTenantMetricTopN: v['priority-scheduler-tenant-metric-top-n'],
+      tenantRateLimit: v['tenant-rate-limit-enabled'],
+      ...(v['tenant-rate-limit-config'] !== undefined && {
+        tenantRateLimitConfigPath: v['tenant-rate-limit-config'],
+      }),
+    },
+    auth: {
+      ...(v['api-key'] !== undefined && { apiKey: v['api-key'] }),
+      tenantApiKeys: v['tenant-api-key'].map((e) => ({ ...e })),
+      trustTenantHeader: v['trust-tenant-header'],
+      tenantHeaderName: v['tenant-header-name'],
+      controlPlaneApiKeys: v['control-plane-api-keys'].map((e) => ({ ...e })),
+      disableAuditLogging: v['disable-audit-logging'],
+    },
+    tracing: { enabled: v['enable-trace'], otlpTracesEndpoint: v['otlp-traces-endpoint'] },
   };
 }

@@ -6,7 +6,15 @@ import { LAUNCH_DEFAULTS, LAUNCH_FLAGS } from './config.js';
 import type { FlagGroup, FlagInfo, LaunchKey } from './config.js';
 
 const WIDTH = 100;
-const GROUPS: readonly FlagGroup[] = ['Workers/server', 'Routing', 'Health', 'Observability'];
+const GROUPS: readonly FlagGroup[] = [
+  'Workers/server',
+  'Routing',
+  'Health',
+  'Reliability',
+  'Admission',
+  'Auth',
+  'Observability',
+];
 
 function label(name: string, info: Pick<FlagInfo, 'arity' | 'placeholder'>): string {
   const p = info.placeholder;

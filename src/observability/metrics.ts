@@ -46,6 +46,47 @@ export class Metrics {
   readonly prefixHashBranch: Counter<'branch'>;
   readonly manualCacheEntries: Gauge;
 
+  // issue 3: streamed usage, reliability, admission, runtime
+  readonly httpInflightAge: Gauge<'gt' | 'le'>;
+  readonly httpRateLimit: Counter<'result'>;
+  readonly routerTtft: Histogram<'router_type' | 'backend_type' | 'model' | 'endpoint'>;
+  readonly routerTpot: Histogram<'router_type' | 'backend_type' | 'model' | 'endpoint'>;
+  readonly routerGeneration: Histogram<'router_type' | 'backend_type' | 'model' | 'endpoint'>;
+  readonly routerTokens: Counter<'router_type' | 'backend_type' | 'model' | 'endpoint' | 'token_type'>;
+  readonly cbState: Gauge<'worker'>;
+  readonly cbConsecutiveFailures: Gauge<'worker'>;
+  readonly cbConsecutiveSuccesses: Gauge<'worker'>;
+  readonly cbTransitions: Counter<'worker' | 'from' | 'to'>;
+  readonly cbOutcomes: Counter<'worker' | 'outcome'>;
+  readonly retries: Counter<'worker_type' | 'endpoint'>;
+  readonly retriesExhausted: Counter<'worker_type' | 'endpoint'>;
+  readonly retryBackoff: Histogram<'attempt'>;
+  readonly retryBudgetRejected: Counter<'endpoint'>;
+  readonly engineRunning: Gauge<'worker' | 'model' | 'dp_rank'>;
+  readonly engineWaiting: Gauge<'worker' | 'model' | 'dp_rank'>;
+  readonly engineTokenUsage: Gauge<'worker' | 'model' | 'dp_rank'>;
+  readonly engineGenThroughput: Gauge<'worker' | 'model' | 'dp_rank'>;
+  readonly engineCacheHitRate: Gauge<'worker' | 'model' | 'dp_rank'>;
+  readonly schedulerAdmit: Counter<'class' | 'outcome'>;
+  readonly schedulerPreemption: Counter<'victim_class' | 'by_class'>;
+  readonly schedulerClamp: Counter<'tenant' | 'requested_class' | 'effective_class'>;
+  readonly schedulerUnknownPriority: Counter<'tenant'>;
+  readonly schedulerStarvationPromotion: Counter<'class'>;
+  readonly schedulerQueueWait: Histogram<'class'>;
+  readonly schedulerInflight: Gauge<'class'>;
+  readonly schedulerQueueDepth: Gauge<'class'>;
+  readonly schedulerQueueSizeLimit: Gauge<'class'>;
+  readonly schedulerCapacityPressure: Gauge<'class'>;
+  readonly schedulerUtilization: Gauge;
+  readonly tenantRateLimit: Counter<'result' | 'scope'>;
+  readonly authResults: Counter<'plane' | 'result'>;
+  readonly nodeEventLoopDelay: Histogram;
+  readonly nodeEventLoopUtilization: Gauge;
+  readonly nodeEventLoopStalls: Counter;
+  readonly nodeHeapUsed: Gauge;
+  readonly nodeHeapTotal: Gauge;
+  readonly nodeActiveHandles: Gauge;
+
   private readonly cache = new Map<string, { inc(v?: number): void }>();
   /** refreshes gauges that are cheaper to compute at scrape time than to keep current */
   beforeScrape: () => void = () => undefined;
@@ -180,6 +221,165 @@ export class Metrics {
       help: 'Entries in the manual policy sticky map',
       registers,
     });
+    const usageLabels = ['router_type', 'backend_type', 'model', 'endpoint'] as const;
+    const engineLabels = ['worker', 'model', 'dp_rank'] as const;
+    const counter = <T extends string>(name: string, help: string, labelNames: readonly T[] = []) =>
+      new Counter<T>({ name, help, labelNames, registers });
+    const gauge = <T extends string>(name: string, help: string, labelNames: readonly T[] = []) =>
+      new Gauge<T>({ name, help, labelNames, registers });
+    const histogram = <T extends string>(
+      name: string,
+      help: string,
+      labelNames: readonly T[],
+      buckets: number[] = durationBuckets,
+    ) => new Histogram<T>({ name, help, labelNames, buckets, registers });
+
+    this.httpInflightAge = gauge(
+      'smg_http_inflight_request_age_count',
+      'In-flight requests by age bucket (non-cumulative, seconds), sampled every 20 s',
+      ['gt', 'le'],
+    );
+    this.httpRateLimit = counter('smg_http_rate_limit_total', 'Admission decisions (token bucket)', [
+      'result',
+    ]);
+    this.routerTtft = histogram('smg_router_ttft_seconds', 'Time to first token (streamed)', usageLabels);
+    this.routerTpot = histogram(
+      'smg_router_tpot_seconds',
+      'Time per output token after the first',
+      usageLabels,
+    );
+    this.routerGeneration = histogram(
+      'smg_router_generation_duration_seconds',
+      'Time from the first token to the end of generation',
+      usageLabels,
+    );
+    this.routerTokens = counter('smg_router_tokens_total', 'Tokens reported by workers in usage', [
+      ...usageLabels,
+      'token_type',
+    ]);
+    this.cbState = gauge('smg_worker_cb_state', 'Circuit breaker state: 0 closed, 1 open, 2 half-open', [
+      'worker',
+    ]);
+    this.cbConsecutiveFailures = gauge(
+      'smg_worker_cb_consecutive_failures',
+      'Consecutive failures seen by the circuit breaker',
+      ['worker'],
+    );
+    this.cbConsecutiveSuccesses = gauge(
+      'smg_worker_cb_consecutive_successes',
+      'Consecutive successes seen by the circuit breaker',
+      ['worker'],
+    );
+    this.cbTransitions = counter('smg_worker_cb_transitions_total', 'Circuit breaker state changes', [
+      'worker',
+      'from',
+      'to',
+    ]);
+    this.cbOutcomes = counter('smg_worker_cb_outcomes_total', 'Outcomes recorded by circuit breakers', [
+      'worker',
+      'outcome',
+    ]);
+    this.retries = counter('smg_worker_retries_total', 'Retried upstream attempts', [
+      'worker_type',
+      'endpoint',
+    ]);
+    this.retriesExhausted = counter(
+      'smg_worker_retries_exhausted_total',
+      'Requests that failed after their last allowed attempt',
+      ['worker_type', 'endpoint'],
+    );
+    this.retryBackoff = histogram('smg_worker_retry_backoff_seconds', 'Backoff slept before a retry', [
+      'attempt',
+    ]);
+    this.retryBudgetRejected = counter(
+      'smg_worker_retry_budget_exhausted_total',
+      'Retries not attempted because the retry budget was spent',
+      ['endpoint'],
+    );
+    this.engineRunning = gauge(
+      'smg_engine_running_requests',
+      'Running requests reported by the engine',
+      engineLabels,
+    );
+    this.engineWaiting = gauge(
+      'smg_engine_waiting_requests',
+      'Queued requests reported by the engine',
+      engineLabels,
+    );
+    this.engineTokenUsage = gauge(
+      'smg_engine_token_usage',
+      'KV-cache token usage (0..1) reported by the engine',
+      engineLabels,
+    );
+    this.engineGenThroughput = gauge(
+      'smg_engine_gen_throughput',
+      'Generation throughput (tokens/s) reported by the engine',
+      engineLabels,
+    );
+    this.engineCacheHitRate = gauge(
+      'smg_engine_cache_hit_rate',
+      'Prefix-cache hit rate reported by the engine',
+      engineLabels,
+    );
+    this.schedulerAdmit = counter('smg_scheduler_admit_total', 'Priority scheduler decisions', [
+      'class',
+      'outcome',
+    ]);
+    this.schedulerPreemption = counter(
+      'smg_scheduler_preemption_total',
+      'Requests preempted by a higher class',
+      ['victim_class', 'by_class'],
+    );
+    this.schedulerClamp = counter('smg_scheduler_clamp_total', 'Priorities clamped down to the tenant cap', [
+      'tenant',
+      'requested_class',
+      'effective_class',
+    ]);
+    this.schedulerUnknownPriority = counter(
+      'smg_scheduler_unknown_priority_value_total',
+      'Requests with an unknown x-smg-priority value',
+      ['tenant'],
+    );
+    this.schedulerStarvationPromotion = counter(
+      'smg_scheduler_starvation_promotion_total',
+      'Queued requests served early because they waited past the starvation threshold',
+      ['class'],
+    );
+    this.schedulerQueueWait = histogram('smg_scheduler_queue_wait_seconds', 'Time spent queued', ['class']);
+    this.schedulerInflight = gauge('smg_scheduler_inflight', 'Admitted in-flight requests', ['class']);
+    this.schedulerQueueDepth = gauge('smg_scheduler_queue_depth', 'Queued requests', ['class']);
+    this.schedulerQueueSizeLimit = gauge('smg_scheduler_queue_size_limit', 'Queue capacity', ['class']);
+    this.schedulerCapacityPressure = gauge(
+      'smg_scheduler_class_capacity_pressure',
+      'In-flight requests of the class over the capacity available to it',
+      ['class'],
+    );
+    this.schedulerUtilization = gauge('smg_scheduler_utilization', 'In-flight requests over capacity');
+    this.tenantRateLimit = counter('smg_tenant_rate_limit_total', 'Tenant rate-limit decisions', [
+      'result',
+      'scope',
+    ]);
+    this.authResults = counter('smg_auth_requests_total', 'Authentication decisions', ['plane', 'result']);
+    this.nodeEventLoopDelay = histogram(
+      'smg_node_event_loop_delay_seconds',
+      'Event-loop delay samples (the Node counterpart of SMG tokio_event_loop_delay)',
+      [],
+      [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    );
+    this.nodeEventLoopUtilization = gauge(
+      'smg_node_event_loop_utilization',
+      'Fraction of time the event loop was busy since the last scrape (SMG: tokio worker busy ratio)',
+    );
+    this.nodeEventLoopStalls = counter(
+      'smg_node_event_loop_stalls_total',
+      'Event-loop delays longer than 100 ms (SMG: tokio event loop stalls)',
+    );
+    this.nodeHeapUsed = gauge('smg_node_heap_used_bytes', 'V8 heap in use');
+    this.nodeHeapTotal = gauge('smg_node_heap_total_bytes', 'V8 heap reserved');
+    this.nodeActiveHandles = gauge(
+      'smg_node_active_resources',
+      'Active libuv resources (SMG: tokio alive tasks)',
+    );
     collectDefaultMetrics({ register: this.registry, prefix: 'smg_process_' });
   }
 

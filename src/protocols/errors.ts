@@ -50,4 +50,40 @@ export const errors = {
   workerExists: (url: string) =>
     new SmgError(409, 'worker_already_exists', `Worker with URL ${url} already exists`),
   invalidWorker: (message: string) => new SmgError(400, 'invalid_worker_spec', message),
+  // admission (inventory §5.4–5.6)
+  rateLimited: (retryAfterSecs: number) =>
+    new SmgError(429, 'rate_limit_exceeded', 'Too many concurrent requests; try again later', {
+      'retry-after': String(Math.max(1, Math.ceil(retryAfterSecs))),
+    }),
+  queueTimeout: (waitedSecs: number, retryAfterSecs: number) =>
+    new SmgError(408, 'queue_timeout', `Request waited ${waitedSecs.toFixed(1)} s in the admission queue`, {
+      'retry-after': String(Math.max(1, Math.ceil(retryAfterSecs))),
+    }),
+  schedulerQueueFull: (cls: string, retryAfterSecs: number) =>
+    new SmgError(429, 'scheduler_queue_full', `The ${cls} priority queue is full`, {
+      'retry-after': String(Math.max(1, Math.ceil(retryAfterSecs))),
+    }),
+  schedulerQueueTimeout: (cls: string, waitedSecs: number, retryAfterSecs: number) =>
+    new SmgError(
+      408,
+      'scheduler_queue_timeout',
+      `Request waited ${waitedSecs.toFixed(1)} s in the ${cls} priority queue`,
+      { 'retry-after': String(Math.max(1, Math.ceil(retryAfterSecs))) },
+    ),
+  schedulerPreempted: () =>
+    new SmgError(503, 'scheduler_preempted', 'Request was preempted by a higher-priority request', {
+      'retry-after': '1',
+      'x-smg-preempted': 'true',
+    }),
+  schedulerClientCancelled: () =>
+    new SmgError(499, 'scheduler_client_cancelled', 'Client went away while the request was queued'),
+  tenantRateLimitExceeded: (tenant: string, what: string, retryAfterSecs: number) =>
+    new SmgError(429, 'tenant_rate_limit_exceeded', `Rate limit exceeded for ${tenant}: ${what}`, {
+      'retry-after': String(Math.max(1, Math.ceil(retryAfterSecs))),
+    }),
+  // auth (inventory §12)
+  unauthorized: (realm: 'data-plane' | 'control-plane', message = 'Missing or invalid API key') =>
+    new SmgError(401, 'unauthorized', message, { 'www-authenticate': `Bearer realm="${realm}"` }),
+  forbidden: (message = 'This API key may not call control-plane routes') =>
+    new SmgError(403, 'forbidden', message),
 };
