@@ -68,12 +68,28 @@ export interface CacheBlocksEvent {
   seen: number;
 }
 
+/**
+ * Rate-limit usage: the value of `origin`'s slot of the G-counter for (`key`, `window`), where
+ * `window` is `floor(ms / windowMs)`. Slots only grow, so the merge keeps the per-field max; a slot
+ * of a window older than the previous one is ignored (see src/state/rate-limit.ts).
+ */
+export interface RateLimitSlotsEvent {
+  kind: 'ratelimit.slots';
+  origin: string;
+  key: string;
+  window: number;
+  windowMs: number;
+  requests: number;
+  tokens: number;
+}
+
 export type StateEvent =
   | WorkerUpsertEvent
   | WorkerRemoveEvent
   | WorkerHealthEvent
   | WorkerEngineLoadEvent
   | LoadSnapshotEvent
-  | CacheBlocksEvent;
+  | CacheBlocksEvent
+  | RateLimitSlotsEvent;
 
 export type StateEventKind = StateEvent['kind'];

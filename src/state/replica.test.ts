@@ -13,6 +13,11 @@ const WORKERS = ['w1', 'w2', 'w3', 'w4'];
 const NODES = ['n1', 'n2', 'n3'];
 const MODELS = ['m1', 'm2'];
 const STATUSES: WorkerStatus[] = ['pending', 'ready', 'not_ready', 'failed', 'draining'];
+const RATE_KEYS = ['tenant:auth:a', 'tenant:ip:10.0.0.1', 'rule:gpt:auth:a'];
+/** the replicas' clock: rate-limit windows are judged against it (older than the previous are dropped) */
+const NOW = 1_700_000_030_000;
+const WINDOW_MS = 60_000;
+const CUR_WINDOW = Math.floor(NOW / WINDOW_MS);
 
 function spec(url: string, priority: number): WorkerSpec {
   return {
@@ -38,6 +43,7 @@ const rawEvent = fc.record({
     'worker.engine_load',
     'load.snapshot',
     'cache.blocks',
+    'ratelimit.slots',
   ),
   worker: fc.constantFrom(...WORKERS),
   node: fc.constantFrom(...NODES),
@@ -48,6 +54,11 @@ const rawEvent = fc.record({
   hashes: fc.array(fc.integer({ min: 1, max: 40 }), { maxLength: 6 }),
   anchor: fc.integer({ min: 0, max: 40 }),
   usage: fc.double({ min: 0, max: 1, noNaN: true }),
+  rateKey: fc.constantFrom(...RATE_KEYS),
+  // two windows too old to matter, the two the estimate reads, one ahead (a peer's clock runs fast)
+  windowOffset: fc.integer({ min: -3, max: 1 }),
+  requests: fc.integer({ min: 0, max: 50 }),
+  tokens: fc.integer({ min: 0, max: 5000 }),
 });
 
 type Raw = typeof rawEvent extends fc.Arbitrary<infer T> ? T : never;
@@ -85,6 +96,17 @@ function toEvent(r: Raw, i: number): StateEvent {
         ttlMs: 1000,
         inflight: { [r.worker]: i % 7 },
       };
+    case 'ratelimit.slots':
+      // slots are not monotone here on purpose: the max merge must not care
+      return {
+        kind: 'ratelimit.slots',
+        origin: r.node,
+        key: r.rateKey,
+        window: CUR_WINDOW + r.windowOffset,
+        windowMs: WINDOW_MS,
+        requests: r.requests,
+        tokens: r.tokens,
+      };
     default:
       return {
         kind: 'cache.blocks',
@@ -102,7 +124,7 @@ const eventsFrom = (offset: number) =>
 const events = eventsFrom(0);
 
 function stateAfter(evs: readonly StateEvent[]): unknown {
-  const r = new Replica({ nodeId: 'observer' });
+  const r = new Replica({ nodeId: 'observer', now: () => NOW, rateLimitWindowMs: WINDOW_MS });
   for (const e of evs) r.apply(e);
   return r.exportState();
 }
@@ -159,6 +181,7 @@ describe('Replica.apply merge laws', () => {
       'worker.engine_load',
       'load.snapshot',
       'cache.blocks',
+      'ratelimit.slots',
     ] as const;
     for (const kind of kinds) {
       fc.assert(
@@ -236,5 +259,32 @@ describe('Replica semantics', () => {
     const t = r.tick();
     expect(t.wall).toBe(5000);
     expect(t.counter).toBe(8);
+  });
+});
+
+describe('Replica rate-limit usage', () => {
+  it('sums the slots of every node and keeps the max of each slot', () => {
+    const r = new Replica({ nodeId: 'self', now: () => NOW, rateLimitWindowMs: WINDOW_MS });
+    const slot = (origin: string, requests: number, tokens: number, window = CUR_WINDOW): StateEvent => ({
+      kind: 'ratelimit.slots',
+      origin,
+      key: 'k',
+      window,
+      windowMs: WINDOW_MS,
+      requests,
+      tokens,
+    });
+    expect(r.apply(slot('n2', 3, 300))).toBe(true);
+    expect(r.apply(slot('n3', 2, 50))).toBe(true);
+    // an older value of n2's slot and a duplicate change nothing
+    expect(r.apply(slot('n2', 1, 100))).toBe(false);
+    expect(r.apply(slot('n3', 2, 50))).toBe(false);
+    // a window older than the previous one no longer counts
+    expect(r.apply(slot('n4', 9, 900, CUR_WINDOW - 2))).toBe(false);
+    // a different window length is a different counter: ignored
+    expect(r.apply({ ...slot('n4', 9, 900), windowMs: 1000 } as StateEvent)).toBe(false);
+    r.rateLimits.add('k', 1, 10, NOW);
+    const est = r.rateLimits.estimate('k', NOW);
+    expect(est).toEqual({ requests: 6, tokens: 360 });
   });
 });

@@ -3,8 +3,10 @@
  * through `apply`, whose merge rules are commutative, associative and idempotent for every kind,
  * so local writes, gossip and replays from disk can interleave in any order.
  *
- * Routing reads `registry`, `load` and `cache` directly (in memory, synchronous). The mesh and the
- * store subscribe with `onApplied` and feed remote or stored events back through `apply`.
+ * Routing reads `registry`, `load` and `cache` directly, admission reads `rateLimits` (in memory,
+ * synchronous). The mesh and the store subscribe with `onApplied` and feed remote or stored events
+ * back through `apply`; rate-limit usage is the exception on the way out: local increments stay in
+ * memory and the mesh collects them with `rateLimits.takeDirty()` on its own timer.
  *
  * Owns: the merge. Never: I/O, timers, imports from outside src/state.
  */
@@ -12,6 +14,7 @@ import { CacheIndex } from './cache-index.js';
 import type { StateEvent } from './events.js';
 import { HlcClock, type Hlc } from './hlc.js';
 import { LoadView } from './load-view.js';
+import { RateLimitUsage } from './rate-limit.js';
 import { WorkerRegistry } from './registry.js';
 
 export type AppliedListener = (ev: StateEvent, changed: boolean) => void;
@@ -22,6 +25,8 @@ export interface ReplicaOptions {
   hlcHighWater?: Hlc;
   /** per model and worker, in blocks */
   cacheBlocksPerWorker?: number;
+  /** rate-limit usage window (60 s: limits are per minute) */
+  rateLimitWindowMs?: number;
 }
 
 export class Replica {
@@ -30,6 +35,7 @@ export class Replica {
   readonly registry = new WorkerRegistry();
   readonly load: LoadView;
   readonly cache: CacheIndex;
+  readonly rateLimits: RateLimitUsage;
   private readonly listeners: AppliedListener[] = [];
 
   constructor(opts: ReplicaOptions) {
@@ -37,6 +43,7 @@ export class Replica {
     this.clock = new HlcClock(opts.nodeId, opts.now, opts.hlcHighWater);
     this.load = new LoadView(opts.nodeId);
     this.cache = new CacheIndex(opts.cacheBlocksPerWorker);
+    this.rateLimits = new RateLimitUsage(opts.nodeId, { windowMs: opts.rateLimitWindowMs, now: opts.now });
   }
 
   onApplied(listener: AppliedListener): () => void {
@@ -64,6 +71,7 @@ export class Replica {
       registry: this.registry.exportState(),
       load: this.load.exportState(),
       cache: this.cache.exportState(),
+      rateLimits: this.rateLimits.exportState(),
     };
   }
 
@@ -91,6 +99,8 @@ export class Replica {
       case 'cache.blocks':
         // a removed worker's id never comes back (re-registration mints a new id)
         return this.registry.isRemoved(ev.worker) ? false : this.cache.apply(ev);
+      case 'ratelimit.slots':
+        return this.rateLimits.apply(ev);
     }
   }
 }
