@@ -55,6 +55,24 @@ const healthSchema = z
   })
   .strict();
 
+/** SMG's `resilience` block; unknown keys are rejected so a typo cannot silently disable a setting */
+const resilienceSchema = z
+  .object({
+    max_retries: z.number().int().min(0).max(100).optional(),
+    initial_backoff_ms: z.number().int().min(0).optional(),
+    max_backoff_ms: z.number().int().min(0).optional(),
+    backoff_multiplier: z.number().min(1).optional(),
+    jitter_factor: z.number().min(0).max(1).optional(),
+    disable_retry: z.boolean().optional(),
+    cb_failure_threshold: z.number().int().min(1).optional(),
+    cb_success_threshold: z.number().int().min(1).optional(),
+    cb_timeout_secs: z.number().int().min(1).optional(),
+    cb_window_secs: z.number().int().min(1).optional(),
+    disable_circuit_breaker: z.boolean().optional(),
+    retryable_status_codes: z.array(z.number().int().min(100).max(599)).optional(),
+  })
+  .strict();
+
 export const workerSpecSchema = z
   .object({
     url: z.string().min(1),
@@ -72,7 +90,7 @@ export const workerSpecSchema = z
     bootstrap_port: z.number().int().min(1).max(65535).optional(),
     health: healthSchema.default({}),
     http_pool: z.record(z.string(), z.number()).optional(),
-    resilience: z.record(z.string(), z.unknown()).optional(),
+    resilience: resilienceSchema.optional(),
     max_connection_attempts: z.number().int().positive().default(20),
     load_monitor_interval_secs: z.number().int().positive().optional(),
   })

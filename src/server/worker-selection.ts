@@ -47,11 +47,26 @@ export class WorkerSelection {
     return { key: '', all: reg.list(), routable: reg.routable() };
   }
 
-  select(endpoint: Endpoint, body: Record<string, unknown>, headers: Record<string, HeaderValue>): Selection {
+  /**
+   * Picks a worker. `exclude` (a retry's already-tried workers) is honoured when another routable
+   * worker is left; otherwise a tried worker may be chosen again.
+   */
+  select(
+    endpoint: Endpoint,
+    body: Record<string, unknown>,
+    headers: Record<string, HeaderValue>,
+    exclude?: ReadonlySet<string>,
+  ): Selection {
     const model = this.resolveModel(body.model);
-    const { key, all, routable } = this.candidates(model);
+    const c = this.candidates(model);
+    const { key, all } = c;
+    let routable = c.routable;
     const policy = this.policies.policyFor(key, all);
     if (routable.length === 0) throw errors.noAvailableWorkers(model);
+    if (exclude !== undefined && exclude.size > 0) {
+      const fresh = routable.filter((w) => !exclude.has(w.id));
+      if (fresh.length > 0) routable = fresh;
+    }
     const text = policy.needsText ? extractRoutingText(endpoint, body) : '';
     const worker = this.policies.select(key, routable, { model: key, text, headers });
     if (!worker) throw errors.noAvailableWorkers(model);

@@ -44,6 +44,8 @@ export class WorkerRegistry {
   private routableWildcard: WorkerView[] = [];
   private routableAll: WorkerView[] = [];
   private byUrl = new Map<string, WorkerView>();
+  /** local, non-replicated exclusions (this node's open circuit breakers) */
+  private readonly excluded = new Set<string>();
 
   applyUpsert(ev: WorkerUpsertEvent): boolean {
     const cur = this.entries.get(ev.id);
@@ -71,6 +73,21 @@ export class WorkerRegistry {
     this.health.set(ev.id, { hlc: ev.hlc, status: ev.status });
     if (this.entries.get(ev.id)?.removed === false) this.rebuild();
     return true;
+  }
+
+  /**
+   * Takes a worker out of (or back into) this node's routable lists without touching the
+   * replicated state: a local circuit breaker is one node's opinion, never the fleet's.
+   */
+  setExcluded(id: string, excluded: boolean): void {
+    if (excluded === this.excluded.has(id)) return;
+    if (excluded) this.excluded.add(id);
+    else this.excluded.delete(id);
+    this.rebuild();
+  }
+
+  isExcluded(id: string): boolean {
+    return this.excluded.has(id);
   }
 
   /** true when the id was registered once and then removed */
@@ -161,12 +178,14 @@ export class WorkerRegistry {
     all.sort(byUrlOrder);
     wildcard.sort(byUrlOrder);
     const routableByModel = new Map<string, WorkerView[]>();
-    const routableWildcard = wildcard.filter((w) => w.routable);
+    const excluded = this.excluded;
+    const usable = (w: WorkerView) => w.routable && !excluded.has(w.id);
+    const routableWildcard = wildcard.filter(usable);
     // per-model lists include the wildcard workers, built once here so reads never allocate
     for (const [m, list] of byModel) {
       list.sort(byUrlOrder);
       if (wildcard.length > 0) byModel.set(m, [...list, ...wildcard]);
-      const r = list.filter((w) => w.routable);
+      const r = list.filter(usable);
       routableByModel.set(m, routableWildcard.length === 0 ? r : [...r, ...routableWildcard]);
     }
     this.views = views;
@@ -176,6 +195,7 @@ export class WorkerRegistry {
     this.byUrl = byUrl;
     this.routableByModel = routableByModel;
     this.routableWildcard = routableWildcard;
-    this.routableAll = all.filter((w) => w.routable);
+    this.routableAll = all.filter(usable);
+    for (const id of excluded) if (!views.has(id)) excluded.delete(id);
   }
 }

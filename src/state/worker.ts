@@ -17,6 +17,25 @@ export interface WorkerHealthConfig {
   drain_settle_secs?: number;
 }
 
+/**
+ * Per-worker retry and circuit-breaker overrides (SMG's WorkerSpec `resilience`). `max_retries`
+ * counts retries after the first attempt, like `--retry-max-retries` here (SMG counts attempts).
+ */
+export interface WorkerResilience {
+  max_retries?: number;
+  initial_backoff_ms?: number;
+  max_backoff_ms?: number;
+  backoff_multiplier?: number;
+  jitter_factor?: number;
+  disable_retry?: boolean;
+  cb_failure_threshold?: number;
+  cb_success_threshold?: number;
+  cb_timeout_secs?: number;
+  cb_window_secs?: number;
+  disable_circuit_breaker?: boolean;
+  retryable_status_codes?: number[];
+}
+
 export interface WorkerSpec {
   url: string;
   /** model ids this worker serves; empty = discovered at registration, or wildcard if discovery found none */
@@ -33,7 +52,7 @@ export interface WorkerSpec {
   bootstrap_port?: number;
   health: WorkerHealthConfig;
   http_pool?: Record<string, number>;
-  resilience?: Record<string, unknown>;
+  resilience?: WorkerResilience;
   max_connection_attempts: number;
   load_monitor_interval_secs?: number;
 }
