@@ -144,6 +144,12 @@ describe('defaults', () => {
 });
 
 /** one value flag each: flag, value given, how to read it back, expected */
+const PRIORITY_FILE = file(
+  'priority.yaml',
+  'capacity: 256\ntenant_policies:\n  - tenant_key: auth:acme\n    max_class: interactive\n',
+);
+const LIMITS_FILE = file('limits.yaml', 'default_policy:\n  requests_per_minute: 60\n');
+
 const VALUE_FLAGS: [string, string, (c: Config) => unknown, unknown][] = [
   ['host', '127.0.0.1', (c) => c.host, '127.0.0.1'],
   ['port', '8080', (c) => c.port, 8080],
@@ -204,16 +210,16 @@ const VALUE_FLAGS: [string, string, (c: Config) => unknown, unknown][] = [
   ['priority-scheduler-default-max-class', 'bulk', (c) => c.admission.priorityDefaultMaxClass, 'bulk'],
   [
     'priority-scheduler-config',
-    import.meta.filename,
+    PRIORITY_FILE,
     (c) => c.admission.priorityConfigPath,
-    import.meta.filename,
+    PRIORITY_FILE,
   ],
   ['priority-scheduler-tenant-metric-top-n', '8', (c) => c.admission.priorityTenantMetricTopN, 8],
   [
     'tenant-rate-limit-config',
-    import.meta.filename,
+    LIMITS_FILE,
     (c) => c.admission.tenantRateLimitConfigPath,
-    import.meta.filename,
+    LIMITS_FILE,
   ],
   ['api-key', 'k3y', (c) => c.auth.apiKey, 'k3y'],
   ['tenant-header-name', 'X-Tenant', (c) => c.auth.tenantHeaderName, 'x-tenant'],
@@ -725,8 +731,16 @@ describe('reliability, admission, auth and tracing flags', () => {
       queueSize: 0,
       rateLimitTokensPerSecond: 4,
     });
-    const rl = parse(['--tenant-rate-limit-enabled', '--tenant-rate-limit-config', import.meta.filename]);
+    const rl = parse(['--tenant-rate-limit-enabled', '--tenant-rate-limit-config', LIMITS_FILE]);
     expect(rl.admission.tenantRateLimit).toBe(true);
+    const bad = file('bad-limits.yaml', 'default_policy:\n  requests_per_minut: 5\n');
+    expect(errorOf(['--tenant-rate-limit-enabled', '--tenant-rate-limit-config', bad])).toMatch(
+      /--tenant-rate-limit-config: .*requests_per_minut/,
+    );
+    const badPriority = file('bad-priority.yaml', 'classes:\n  urgent: {}\n');
+    expect(errorOf(['--priority-scheduler-config', badPriority])).toMatch(
+      /--priority-scheduler-config: .*urgent/,
+    );
     expect(errorOf(['--tenant-rate-limit-enabled'])).toMatch(
       /--tenant-rate-limit-config: is required when --tenant-rate-limit-enabled is set/,
     );

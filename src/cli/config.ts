@@ -16,6 +16,11 @@ import { z } from 'zod';
 import { POLICY_NAMES } from '../routing/types.js';
 import type { PolicyName } from '../routing/types.js';
 import { checkWorkerUrl } from '../protocols/worker-spec.js';
+import {
+  loadPrioritySchedulerConfig,
+  loadTenantRateLimitConfig,
+  validateTenantRules,
+} from '../server/admission/index.js';
 import type { Config, LogLevel, PriorityClass } from './config-types.js';
 
 /** worker URL validation is shared with the admin API (POST/PUT /workers) */
@@ -1231,6 +1236,22 @@ export function parseLaunchArgs(argv: string[], env: NodeJS.ProcessEnv = process
     throw new ConfigError([...new Set(messages)].join('\n'));
   }
   const v = result.data;
+  // the admission files are checked here too, so a bad file is a usage error (exit 2) naming it
+  try {
+    if (v['tenant-rate-limit-enabled'] && v['tenant-rate-limit-config'] !== undefined) {
+      validateTenantRules(loadTenantRateLimitConfig(v['tenant-rate-limit-config']), {
+        trustTenantHeader: v['trust-tenant-header'],
+      });
+    }
+  } catch (err) {
+    throw new ConfigError(`--tenant-rate-limit-config: ${(err as Error).message}`);
+  }
+  try {
+    if (v['priority-scheduler-config'] !== undefined)
+      loadPrioritySchedulerConfig(v['priority-scheduler-config']);
+  } catch (err) {
+    throw new ConfigError(`--priority-scheduler-config: ${(err as Error).message}`);
+  }
   return {
     host: v.host,
     port: v.port,

@@ -40,16 +40,17 @@ async function launch(argv: string[]): Promise<void> {
     }
     throw err;
   }
-  const { startGateway } = await import('../server/gateway.js');
+  const { settleMsFor, startGateway } = await import('../server/gateway.js');
   const gw = await startGateway(cfg);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    gw.logger.info({ signal }, 'shutting down');
-    const force = setTimeout(() => process.exit(1), cfg.shutdownGracePeriodSecs * 1000);
+    gw.logger.info({ signal, grace_secs: cfg.shutdownGracePeriodSecs }, 'shutting down');
+    // the drain itself is bounded by the grace period; this only guards against a hang after it
+    const force = setTimeout(() => process.exit(1), cfg.shutdownGracePeriodSecs * 1000 + 10_000);
     force.unref();
-    gw.close().then(
+    gw.close(settleMsFor(cfg)).then(
       () => process.exit(0),
       () => process.exit(1),
     );
