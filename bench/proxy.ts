@@ -79,12 +79,12 @@ export interface LoadRun {
   cpu: CpuWindow;
 }
 
-interface Target {
+export interface Target {
   name: string;
   url: string;
 }
 
-type Pids = Record<string, number | undefined>;
+export type Pids = Record<string, number | undefined>;
 
 function latencySummary(samples: number[]) {
   const d = distribution(samples, 3);
@@ -92,7 +92,7 @@ function latencySummary(samples: number[]) {
 }
 
 /** autocannon against `url`: closed loop, or autocannon's own rate limiting when `overallRate` is set */
-async function cannon(
+export async function cannon(
   target: Target,
   o: { connections: number; durationS: number; body: string; overallRate?: number; mode: LoadRun['mode'] },
   pids: Pids,
@@ -140,7 +140,7 @@ async function cannon(
  * request that is due (so sends are spread evenly, at most ~1 ms late). Bounded: stops sending
  * after `durationS` and waits at most 10 s for the last answers.
  */
-async function paced(
+export async function paced(
   target: Target,
   o: { rate: number; durationS: number; connections: number; body: string },
   pids: Pids,
@@ -217,7 +217,7 @@ async function paced(
   };
 }
 
-async function expect200(url: string, body: string, timeoutMs: number): Promise<string | null> {
+export async function expect200(url: string, body: string, timeoutMs: number): Promise<string | null> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {

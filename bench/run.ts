@@ -11,6 +11,7 @@ import { runCacheAwareBench } from './cache-aware.js';
 import { log, writeResult, type BenchOptions, type BenchOutcome } from './common.js';
 import { stopAllNginx } from './nginx.js';
 import { runProxyBench } from './proxy.js';
+import { runReliabilityBench } from './reliability.js';
 import { runRoutingBench } from './routing.js';
 import { stopAll } from '../src/testing/processes.js';
 
@@ -18,6 +19,7 @@ const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> 
   proxy: runProxyBench,
   routing: runRoutingBench,
   'cache-aware': runCacheAwareBench,
+  reliability: runReliabilityBench,
 };
 
 const USAGE = `usage: node dist/bench/run.js [${Object.keys(BENCHMARKS).join('|')} ...] [--quick] [--profile]

@@ -8,10 +8,16 @@ import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Config } from '../cli/config-types.js';
 import type { Metrics } from '../observability/metrics.js';
+import { installTracingHooks, type Tracing } from '../observability/tracing.js';
 import { errors } from '../protocols/errors.js';
 import type { Replica } from '../state/replica.js';
 import type { WorkerManager } from '../workers/manager.js';
+import type { WorkerBreakers } from '../workers/breakers.js';
+import type { RetryBudget } from '../workers/retry.js';
 import type { UpstreamPools } from '../workers/upstream.js';
+import type { Admission } from './admission/index.js';
+import { controlPlaneHook, isControlPlaneRoute, type Auth } from './auth.js';
+import { registerEngineMetricsRoute } from './engine-metrics.js';
 import { registerAdminRoutes } from './admin-routes.js';
 import { makeErrorHandler } from './error-handler.js';
 import { createInferenceFastPath, recordHttpOutcome, type InflightCounter } from './proxy.js';
@@ -29,6 +35,11 @@ export interface AppDeps {
   selection: WorkerSelection;
   lifecycle: Lifecycle;
   inflight: InflightCounter;
+  auth: Auth;
+  admission: Admission | undefined;
+  tracing: Tracing | undefined;
+  breakers: WorkerBreakers;
+  budget: RetryBudget;
 }
 
 /** CORS (`--cors-allowed-origins`; empty = any origin) */
@@ -57,6 +68,18 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     bodyLimit: cfg.maxPayloadSize,
     genReqId,
     corsHeaders,
+    auth: deps.auth,
+    admission: deps.admission,
+    tracing: deps.tracing,
+    lifecycle: deps.lifecycle,
+    breakers: deps.breakers,
+    retry: cfg.retry,
+    budget: deps.budget,
+    upstreamHeaders: {
+      ...(cfg.auth.apiKey !== undefined && { workerApiKey: cfg.auth.apiKey }),
+      stripClientAuth: !deps.auth.dataPlaneOpen,
+    },
+    random: Math.random,
   });
   const app = Fastify({
     // inference routes are served by the fast path; fastify serves everything else
@@ -110,6 +133,9 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     }
   });
 
+  app.addHook('onRequest', controlPlaneHook(deps.auth, isControlPlaneRoute));
+  if (deps.tracing) installTracingHooks(app, deps.tracing);
+
   app.addHook('onResponse', async (req, reply) => {
     const code = reply.getHeader('x-smg-error-code');
     recordHttpOutcome(metrics, deps.logger, {
@@ -130,5 +156,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     lifecycle: deps.lifecycle,
   });
   registerAdminRoutes(app, { replica: deps.replica, manager: deps.manager, pools: deps.pools });
+  registerEngineMetricsRoute(app, {
+    replica: deps.replica,
+    pools: deps.pools,
+    ...(cfg.auth.apiKey !== undefined && { workerApiKey: cfg.auth.apiKey }),
+  });
   return app;
 }

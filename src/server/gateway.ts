@@ -10,13 +10,19 @@ import type { FastifyInstance } from 'fastify';
 import type { Config } from '../cli/config-types.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { Metrics, SMG_DURATION_BUCKETS, startMetricsServer } from '../observability/metrics.js';
+import { refreshEngineGauges, startRuntimeMetrics } from '../observability/runtime.js';
+import { Tracing } from '../observability/tracing.js';
 import { parseWorkerSpec } from '../protocols/worker-spec.js';
 import { CacheRecorder } from '../routing/cache-recorder.js';
 import { PolicyRegistry } from '../routing/registry.js';
 import type { PolicyName, RoutingContext } from '../routing/types.js';
 import { packHlc } from '../state/hlc.js';
 import { Replica } from '../state/replica.js';
+import { WorkerBreakers } from '../workers/breakers.js';
 import { WorkerManager } from '../workers/manager.js';
+import { RetryBudget } from '../workers/retry.js';
+import { Admission, loadPrioritySchedulerConfig, loadTenantRateLimitConfig } from './admission/index.js';
+import { Auth } from './auth.js';
 import { UpstreamPools } from '../workers/upstream.js';
 import { buildApp } from './app.js';
 import type { InflightCounter } from './proxy.js';
@@ -34,7 +40,12 @@ export interface Gateway {
   readonly url: string;
   /** http://host:port of the Prometheus listener, if started */
   readonly metricsUrl?: string;
-  close(): Promise<void>;
+  /**
+   * Drains and stops: readiness turns 503 at once; after `settleMs` (default 0; SIGTERM uses
+   * {@link settleMsFor}) the listener stops accepting and in-flight requests get the rest of the
+   * grace period.
+   */
+  close(settleMs?: number): Promise<void>;
 }
 
 export interface GatewayOptions {
@@ -55,7 +66,13 @@ function hostForUrl(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
 
+/** SMG's settle time: min(grace / 2, 5 s) */
+export function settleMsFor(cfg: Pick<Config, 'shutdownGracePeriodSecs'>): number {
+  return Math.min((cfg.shutdownGracePeriodSecs * 1000) / 2, 5000);
+}
+
 export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Promise<Gateway> {
+  const graceMs = cfg.shutdownGracePeriodSecs * 1000;
   const logger = opts.logger ?? createLogger({ level: cfg.logLevel, json: cfg.logJson, dir: cfg.logDir });
   const nodeId = opts.nodeId ?? `${os.hostname()}-${randomBytes(3).toString('hex')}`;
   const metrics = new Metrics(cfg.prometheusDurationBuckets ?? SMG_DURATION_BUCKETS);
@@ -98,8 +115,48 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     wantsEngineLoads: (spec) => LOAD_AWARE.has(spec.labels.policy ?? cfg.policy),
   });
   const lifecycle: Lifecycle = { draining: false };
-  const inflight: InflightCounter = { proxied: 0 };
-  const app = buildApp({ cfg, logger, metrics, replica, pools, manager, selection, lifecycle, inflight });
+  const inflight: InflightCounter = { proxied: 0, active: new Set() };
+  // bad keys or admission files stop start-up here, before anything listens
+  const auth = new Auth(cfg.auth, { logger, metrics });
+  const admission = Admission.fromConfig(cfg.admission, {
+    metrics,
+    logger,
+    replica,
+    trustTenantHeader: cfg.auth.trustTenantHeader,
+    ...(cfg.admission.tenantRateLimit &&
+      cfg.admission.tenantRateLimitConfigPath !== undefined && {
+        tenantRules: loadTenantRateLimitConfig(cfg.admission.tenantRateLimitConfigPath),
+      }),
+    ...(cfg.admission.priorityConfigPath !== undefined && {
+      priorityFile: loadPrioritySchedulerConfig(cfg.admission.priorityConfigPath),
+    }),
+  });
+  const tracing = Tracing.create(cfg.tracing, { logger });
+  const breakers = new WorkerBreakers(cfg.circuitBreaker, replica, metrics, logger);
+  const budget = new RetryBudget(
+    cfg.retry.budgetRatio,
+    cfg.retry.budgetWindowSecs,
+    cfg.retry.budgetMinPerSec,
+  );
+  const app = buildApp({
+    cfg,
+    logger,
+    metrics,
+    replica,
+    pools,
+    manager,
+    selection,
+    lifecycle,
+    inflight,
+    auth,
+    admission,
+    tracing,
+    breakers,
+    budget,
+  });
+  const runtime = startRuntimeMetrics(metrics, {
+    inflightStartTimes: () => [...inflight.active].map((r) => r.started),
+  });
 
   metrics.beforeScrape = () => {
     metrics.workerPoolSize.reset();
@@ -117,6 +174,8 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     }
     metrics.workerConnections.set({ worker_type: 'regular', connection_mode: 'http' }, pools.connections());
     metrics.manualCacheEntries.set(policies.manualEntries());
+    refreshEngineGauges(metrics, replica);
+    admission?.refreshGauges();
   };
 
   const maintenance = setInterval(() => policies.maintain(), cfg.policyParams.evictionIntervalSecs * 1000);
@@ -132,7 +191,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
   let metricsUrl: string | undefined;
   try {
     await app.listen({ host: cfg.host, port: cfg.port });
-    closers.push(() => closeApp(app, inflight, cfg.shutdownGracePeriodSecs * 1000));
+    closers.push(() => closeApp(app, inflight, Math.max(0, graceMs - settleMsFor(cfg))));
     if (opts.prometheus !== false) {
       const ms = await startMetricsServer(metrics, cfg.prometheusHost, cfg.prometheusPort);
       const a = listenAddress(ms);
@@ -145,6 +204,10 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     }
   } catch (err) {
     clearInterval(maintenance);
+    runtime.stop();
+    breakers.close();
+    admission?.close();
+    await tracing?.shutdown().catch(() => undefined);
     await manager.close();
     for (const c of closers.reverse()) await c().catch(() => undefined);
     await pools.closeAll();
@@ -165,15 +228,25 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     logger,
     url,
     metricsUrl,
-    close() {
+    close(settleMs = 0) {
       closing ??= (async () => {
         lifecycle.draining = true;
+        // SMG §5.7: readiness answers 503 `draining` at once, but the listener keeps accepting for
+        // the settle time so load balancers notice before connections are refused
+        if (settleMs > 0) {
+          logger.info({ settle_ms: settleMs, inflight: inflight.proxied }, 'draining: readiness is 503');
+          await new Promise((r) => setTimeout(r, settleMs));
+        }
         clearInterval(maintenance);
+        runtime.stop();
         await manager.close();
         logger.debug('closing listeners');
         for (const c of closers.reverse()) await c().catch(() => undefined);
+        breakers.close();
+        admission?.close();
         logger.debug('closing upstream pools');
         await pools.closeAll();
+        await tracing?.shutdown().catch(() => undefined);
         logger.debug('gateway closed');
       })();
       return closing;

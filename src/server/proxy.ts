@@ -4,92 +4,20 @@
  * backpressure. A client that goes away aborts the upstream request. The worker's in-flight
  * count is held until the response body ends, whichever way it ends.
  */
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { errors as undiciErrors } from 'undici';
 import type { Metrics } from '../observability/metrics.js';
+import type { Tracing } from '../observability/tracing.js';
 import { errorEnvelope, errors, SmgError } from '../protocols/errors.js';
 import type { Endpoint } from '../protocols/routing-text.js';
-import type { Replica } from '../state/replica.js';
 import type { WorkerView } from '../state/registry.js';
-import { splitWorkerUrl, type UpstreamPools } from '../workers/upstream.js';
+import type { Admission } from './admission/index.js';
+import type { Auth } from './auth.js';
+import { Forwarding, type ForwardDeps, type RouterChildren } from './forward.js';
 import { ENDPOINT_BY_PATH } from './request-id.js';
-import type { WorkerSelection } from './worker-selection.js';
 
-/** hop-by-hop headers never forwarded in either direction (RFC 9110 §7.6.1, plus `host`) */
-const HOP_BY_HOP_RESPONSE = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'trailers',
-  'transfer-encoding',
-  'upgrade',
-  'host',
-]);
-
-/** towards the worker, undici frames the body itself: the client's length header is not reused */
-const HOP_BY_HOP_REQUEST = new Set([...HOP_BY_HOP_RESPONSE, 'content-length']);
-
-/** proxied requests whose upstream response has not ended yet (shutdown waits for these) */
-export interface InflightCounter {
-  proxied: number;
-}
-
-export function upstreamRequestHeaders(
-  incoming: IncomingHttpHeaders,
-  requestId: string,
-  worker: WorkerView,
-): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  const connectionTokens = connectionHeaderTokens(incoming.connection);
-  for (const name in incoming) {
-    const v = incoming[name];
-    if (v === undefined || HOP_BY_HOP_REQUEST.has(name) || connectionTokens?.has(name)) continue;
-    out[name] = v;
-  }
-  out['x-request-id'] = requestId;
-  if (worker.spec.api_key) out['authorization'] = `Bearer ${worker.spec.api_key}`;
-  return out;
-}
-
-function connectionHeaderTokens(v: string | string[] | undefined): Set<string> | undefined {
-  if (!v) return undefined;
-  const s = Array.isArray(v) ? v.join(',') : v;
-  return new Set(
-    s
-      .split(',')
-      .map((t) => t.trim().toLowerCase())
-      .filter(Boolean),
-  );
-}
-
-/**
- * The worker's response headers without hop-by-hop ones, plus the gateway's own (`x-request-id`,
- * CORS), which win over the worker's.
- */
-export function responseHeaders(
-  upstream: Record<string, string | string[] | undefined>,
-  extra: Record<string, unknown> = {},
-): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  const connectionTokens = connectionHeaderTokens(upstream.connection);
-  for (const name in upstream) {
-    const v = upstream[name];
-    if (v === undefined || HOP_BY_HOP_RESPONSE.has(name) || connectionTokens?.has(name)) continue;
-    out[name] = v;
-  }
-  for (const name in extra) {
-    const v = extra[name];
-    if (typeof v === 'string' || Array.isArray(v)) out[name] = v as string | string[];
-    else if (typeof v === 'number') out[name] = String(v);
-  }
-  return out;
-}
+export { responseHeaders, upstreamRequestHeaders, type InflightCounter } from './forward.js';
 
 function parseBody(raw: Buffer): Record<string, unknown> {
   if (raw.length === 0) throw errors.invalidJson('request body is empty');
@@ -103,19 +31,6 @@ function parseBody(raw: Buffer): Record<string, unknown> {
     throw errors.invalidJson('expected a JSON object');
   }
   return parsed as Record<string, unknown>;
-}
-
-function classifyUpstreamError(err: unknown, url: string): SmgError {
-  if (
-    err instanceof undiciErrors.HeadersTimeoutError ||
-    err instanceof undiciErrors.BodyTimeoutError ||
-    err instanceof undiciErrors.ConnectTimeoutError ||
-    (err instanceof Error && err.name === 'TimeoutError')
-  ) {
-    return errors.upstreamTimeout(url);
-  }
-  const detail = err instanceof Error ? ((err as NodeJS.ErrnoException).code ?? err.message) : String(err);
-  return errors.upstreamUnreachable(url, detail);
 }
 
 /** what the HTTP layer records for every response, fast path or fastify */
@@ -174,36 +89,30 @@ export function recordHttpOutcome(metrics: Metrics, logger: Logger, o: HttpOutco
   }
 }
 
-export interface FastPathDeps {
-  inflight: InflightCounter;
-  replica: Replica;
-  selection: WorkerSelection;
-  pools: UpstreamPools;
-  metrics: Metrics;
-  logger: Logger;
+export interface FastPathDeps extends Omit<ForwardDeps, 'childrenFor'> {
   bodyLimit: number;
   genReqId: (req: IncomingMessage) => string;
   /** CORS headers for a request's Origin, or undefined */
   corsHeaders: (origin: string | undefined) => Record<string, string> | undefined;
+  /** data-plane auth and tenant resolution; undefined = open and no tenant needed */
+  auth: Auth | undefined;
+  admission: Admission | undefined;
+  tracing: Tracing | undefined;
+  lifecycle: { draining: boolean };
 }
 
 /**
  * The inference routes, served straight from node:http without fastify's per-request objects,
  * hooks and child loggers: this is the hot path. Returns false for anything it does not serve
  * (the caller hands those to fastify).
+ *
+ * Order per request: request id → auth (tenant) → body (size limit) → parse → admission →
+ * {@link Forwarding} (select, send, retry, stream).
  */
 export function createInferenceFastPath(
   deps: FastPathDeps,
 ): (req: IncomingMessage, res: ServerResponse) => boolean {
-  const { replica, selection, pools, metrics, inflight, logger, bodyLimit } = deps;
-  /** labelled metric children per (model, endpoint, worker type, policy): resolved once */
-  interface RouterChildren {
-    labels: Record<'router_type' | 'backend_type' | 'connection_mode' | 'model' | 'endpoint', string>;
-    requests: { inc(): void };
-    requestsStreaming: { inc(): void };
-    selection: { inc(): void };
-    duration: { observe(v: number): void };
-  }
+  const { metrics, logger, bodyLimit, auth, admission, tracing, lifecycle } = deps;
   const routerChildren = new Map<string, RouterChildren>();
   function childrenFor(
     model: string,
@@ -221,6 +130,7 @@ export function createInferenceFastPath(
         model: model || 'default',
         endpoint,
       };
+      const usageLabels = { router_type: 'http', backend_type: 'regular', model: labels.model, endpoint };
       if (routerChildren.size > 10_000) routerChildren.clear();
       c = {
         labels,
@@ -233,11 +143,17 @@ export function createInferenceFastPath(
           policy,
         }),
         duration: metrics.routerDuration.labels(labels),
+        ttft: metrics.routerTtft.labels(usageLabels),
+        tpot: metrics.routerTpot.labels(usageLabels),
+        generation: metrics.routerGeneration.labels(usageLabels),
       };
       routerChildren.set(key, c);
     }
     return c;
   }
+  const forwardDeps: ForwardDeps = { ...deps, childrenFor };
+  /** tenant is needed for admission even when the data plane is open (ip:<addr> / header:<id>) */
+  const needTenant = admission !== undefined;
 
   return function fastPath(req: IncomingMessage, res: ServerResponse): boolean {
     if (req.method !== 'POST') return false;
@@ -252,7 +168,17 @@ export function createInferenceFastPath(
     const extraHeaders: Record<string, string> = { 'x-request-id': requestId };
     const cors = deps.corsHeaders(req.headers.origin);
     if (cors) Object.assign(extraHeaders, cors);
+    // while draining, tell keep-alive clients to reconnect (to a peer that is not going away)
+    if (lifecycle.draining) extraHeaders['connection'] = 'close';
     let errorCode = '';
+    const setErrorCode = (code: string) => (errorCode = code);
+    const span = tracing?.startRequest({
+      method: 'POST',
+      url,
+      httpVersion: req.httpVersion,
+      requestId,
+      headers: req.headers,
+    });
     res.once('finish', () =>
       recordHttpOutcome(metrics, logger, {
         method: 'POST',
@@ -264,6 +190,9 @@ export function createInferenceFastPath(
         requestId,
       }),
     );
+    if (span) {
+      res.once('close', () => span.end(res.writableFinished ? res.statusCode : 499, errorCode || undefined));
+    }
 
     const fail = (e: SmgError) => {
       errorCode = e.code;
@@ -281,6 +210,18 @@ export function createInferenceFastPath(
       });
       res.end(payload);
     };
+
+    let tenant = 'anonymous';
+    if (auth !== undefined && (needTenant || !auth.dataPlaneOpen)) {
+      try {
+        tenant = auth.authenticateData(req.headers, req.socket.remoteAddress);
+      } catch (err) {
+        // the body is never read: answer and close, like an oversized body
+        fail(err instanceof SmgError ? err : errors.unauthorized('data-plane'));
+        res.once('finish', () => req.socket.destroy());
+        return true;
+      }
+    }
 
     // an oversized body is answered at once and its connection closed: the rest is never read
     const rejectOversized = () => {
@@ -311,7 +252,45 @@ export function createInferenceFastPath(
       if (tooLarge || res.destroyed) return;
       try {
         const raw = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
-        forward(req, res, endpoint, raw, requestId, extraHeaders, (code) => (errorCode = code));
+        const body = parseBody(raw);
+        const request = { req, res, endpoint, raw, body, requestId, extraHeaders, span, setErrorCode };
+        if (admission === undefined) {
+          new Forwarding(forwardDeps, { ...request, ticket: undefined }).start();
+          return;
+        }
+        const priority = req.headers['x-smg-priority'];
+        let queued = true;
+        // a client that leaves while its request waits in a queue gives up its place (this runs
+        // on a later 'close' event, never during admit(), so `pending` is initialised by then)
+        const onQueuedClose = () => {
+          if (!queued) return;
+          queued = false;
+          errorCode = 'scheduler_client_cancelled';
+          pending?.cancel();
+        };
+        const pending = admission.admit(
+          {
+            tenant,
+            priority: typeof priority === 'string' ? priority : undefined,
+            model: deps.selection.resolveModel(body.model),
+            estimatedTokens: Math.ceil(raw.length / 4),
+          },
+          (err, ticket) => {
+            queued = false;
+            res.off('close', onQueuedClose);
+            if (err || !ticket) {
+              ticket?.release();
+              fail(err ?? new SmgError(500, 'internal_error', 'admission failed'));
+              return;
+            }
+            if (res.destroyed) {
+              ticket.release();
+              return;
+            }
+            new Forwarding(forwardDeps, { ...request, ticket }).start();
+          },
+        );
+        if (queued && pending) res.once('close', onQueuedClose);
       } catch (err) {
         if (err instanceof SmgError) fail(err);
         else {
@@ -322,114 +301,4 @@ export function createInferenceFastPath(
     });
     return true;
   };
-
-  function forward(
-    req: IncomingMessage,
-    res: ServerResponse,
-    endpoint: Endpoint,
-    raw: Buffer,
-    requestId: string,
-    extraHeaders: Record<string, string>,
-    setErrorCode: (code: string) => void,
-  ): void {
-    // everything that can fail before the upstream call throws an SmgError
-    const body = parseBody(raw);
-    const streaming = body.stream === true;
-    const sel = selection.select(endpoint, body, req.headers);
-    const { worker } = sel;
-    const mc = childrenFor(sel.model, endpoint, worker, sel.policy.name);
-    const routerLabelSet = mc.labels;
-    (streaming ? mc.requestsStreaming : mc.requests).inc();
-    mc.selection.inc();
-
-    const started = performance.now();
-    replica.load.acquire(worker.id);
-    inflight.proxied++;
-    let done = false;
-    let controller: { abort(reason: Error): void; pause(): void; resume(): void } | undefined;
-    const finish = () => {
-      if (done) return;
-      done = true;
-      inflight.proxied--;
-      replica.load.release(worker.id);
-      res.off('close', onClientClose);
-      res.off('drain', onDrain);
-      mc.duration.observe((performance.now() - started) / 1000);
-    };
-    const routerError = (code: string) => {
-      metrics.inc(metrics.routerErrors, { ...routerLabelSet, error_type: code });
-      metrics.inc(metrics.workerErrors, {
-        worker_type: worker.spec.worker_type,
-        connection_mode: 'http',
-        error_type: code,
-      });
-    };
-    const onClientClose = () => {
-      if (done || res.writableFinished) return;
-      metrics.inc(metrics.routerErrors, { ...routerLabelSet, error_type: 'client_disconnected' });
-      controller?.abort(new Error('client disconnected'));
-      finish();
-    };
-    const onDrain = () => controller?.resume();
-    res.on('close', onClientClose);
-    res.on('drain', onDrain);
-
-    const { origin, basePath } = splitWorkerUrl(worker.url);
-    pools.get(origin).dispatch(
-      {
-        method: 'POST',
-        path: basePath + (req.url ?? '/'),
-        headers: upstreamRequestHeaders(req.headers, requestId, worker),
-        body: raw,
-      },
-      {
-        onRequestStart(ctl) {
-          controller = ctl;
-          if (done) ctl.abort(new Error('client disconnected'));
-        },
-        onResponseStart(_ctl, statusCode, headers) {
-          if (done) return;
-          metrics.inc(metrics.routerUpstream, {
-            router_type: 'http',
-            status_code: String(statusCode),
-            error_code: statusCode >= 400 ? 'upstream_error' : '',
-          });
-          res.writeHead(statusCode, responseHeaders(headers, extraHeaders));
-        },
-        onResponseData(ctl, chunk) {
-          if (done) return;
-          if (!res.write(chunk)) ctl.pause();
-        },
-        onResponseEnd() {
-          if (done) return;
-          res.end();
-          finish();
-        },
-        onResponseError(_ctl, err) {
-          if (done) return;
-          const e = classifyUpstreamError(err, worker.url);
-          routerError(e.code);
-          setErrorCode(e.code);
-          if (!res.headersSent) {
-            const payload = JSON.stringify(errorEnvelope(e.status, e.code, e.message));
-            res.writeHead(e.status, {
-              ...extraHeaders,
-              'content-type': 'application/json; charset=utf-8',
-              'x-smg-error-code': e.code,
-              'content-length': String(Buffer.byteLength(payload)),
-            });
-            res.end(payload);
-          } else {
-            // the worker failed mid-response: the client must see a broken response, not a short one
-            logger.warn(
-              { request_id: requestId, worker: worker.url, err: err.message },
-              'upstream failed mid-response',
-            );
-            res.destroy();
-          }
-          finish();
-        },
-      },
-    );
-  }
 }

@@ -1,0 +1,505 @@
+/**
+ * One proxied inference request after its body has been read and admitted: pick a worker, send
+ * the original bytes, stream the answer back, and retry on another worker while nothing has
+ * reached the client yet.
+ *
+ * Each attempt holds the worker's in-flight count and (in half-open) a circuit-breaker trial slot
+ * from dispatch until its upstream response ends, fails, or is abandoned; its verdict feeds the
+ * worker's breaker. A retryable status is discovered at the response head: its (small) body is
+ * drained so the keep-alive connection survives, then the request is re-routed after a backoff.
+ * Once headers went to the client the response is committed: an upstream failure then ends an SSE
+ * stream with a final `error` event (never a silent truncation) and breaks any other body.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Dispatcher } from 'undici';
+import { errors as undiciErrors } from 'undici';
+import type { Logger } from 'pino';
+import type { RetryConfig } from '../cli/config-types.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { RequestSpan } from '../observability/tracing.js';
+import { UsageObserver } from '../observability/usage.js';
+import { errorEnvelope, errors, SmgError } from '../protocols/errors.js';
+import type { Endpoint } from '../protocols/routing-text.js';
+import type { WorkerView } from '../state/registry.js';
+import type { Replica } from '../state/replica.js';
+import type { WorkerBreakers } from '../workers/breakers.js';
+import { outcomeOf, type CircuitBreaker, type Outcome } from '../workers/circuit-breaker.js';
+import { backoffMs, retrySettings, type RetryBudget, type RetrySettings } from '../workers/retry.js';
+import { splitWorkerUrl, type UpstreamPools } from '../workers/upstream.js';
+import type { AdmissionTicket } from './admission/index.js';
+import type { WorkerSelection } from './worker-selection.js';
+
+/** proxied requests whose upstream response has not ended yet (shutdown waits for these) */
+export interface InflightCounter {
+  proxied: number;
+  /** start times (performance.now()) of the requests in flight, for the request-age gauge */
+  readonly active: Set<{ readonly started: number }>;
+}
+
+/** hop-by-hop headers never forwarded in either direction (RFC 9110 §7.6.1, plus `host`) */
+export const HOP_BY_HOP_RESPONSE = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'trailers',
+  'transfer-encoding',
+  'upgrade',
+  'host',
+]);
+
+/** towards the worker, undici frames the body itself: the client's length header is not reused */
+const HOP_BY_HOP_REQUEST = new Set([...HOP_BY_HOP_RESPONSE, 'content-length']);
+
+export function connectionHeaderTokens(v: string | string[] | undefined): Set<string> | undefined {
+  if (!v) return undefined;
+  const s = Array.isArray(v) ? v.join(',') : v;
+  return new Set(
+    s
+      .split(',')
+      .map((t) => t.trim().toLowerCase())
+      .filter(Boolean),
+  );
+}
+
+export interface UpstreamHeaderOptions {
+  /** the gateway's `--api-key`, sent to workers that have no key of their own */
+  workerApiKey?: string;
+  /** the gateway checks client keys: they are the gateway's secrets and never reach a worker */
+  stripClientAuth?: boolean;
+  traceparent?: string;
+  tracestate?: string;
+}
+
+export function upstreamRequestHeaders(
+  incoming: IncomingMessage['headers'],
+  requestId: string,
+  worker: WorkerView,
+  opts: UpstreamHeaderOptions = {},
+): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  const connectionTokens = connectionHeaderTokens(incoming.connection);
+  for (const name in incoming) {
+    const v = incoming[name];
+    if (v === undefined || HOP_BY_HOP_REQUEST.has(name) || connectionTokens?.has(name)) continue;
+    out[name] = v;
+  }
+  out['x-request-id'] = requestId;
+  if (opts.stripClientAuth) {
+    delete out['authorization'];
+    delete out['x-api-key'];
+  }
+  const key = worker.spec.api_key ?? opts.workerApiKey;
+  if (key) out['authorization'] = `Bearer ${key}`;
+  if (opts.traceparent) {
+    out['traceparent'] = opts.traceparent;
+    if (opts.tracestate) out['tracestate'] = opts.tracestate;
+    else delete out['tracestate'];
+  }
+  return out;
+}
+
+export function classifyUpstreamError(err: unknown, url: string): SmgError {
+  if (
+    err instanceof undiciErrors.HeadersTimeoutError ||
+    err instanceof undiciErrors.BodyTimeoutError ||
+    err instanceof undiciErrors.ConnectTimeoutError ||
+    (err instanceof Error && err.name === 'TimeoutError')
+  ) {
+    return errors.upstreamTimeout(url);
+  }
+  const detail = err instanceof Error ? ((err as NodeJS.ErrnoException).code ?? err.message) : String(err);
+  return errors.upstreamUnreachable(url, detail);
+}
+
+/** metric children per (model, endpoint, worker type, policy), resolved once */
+export interface RouterChildren {
+  labels: Record<'router_type' | 'backend_type' | 'connection_mode' | 'model' | 'endpoint', string>;
+  requests: { inc(): void };
+  requestsStreaming: { inc(): void };
+  selection: { inc(): void };
+  duration: { observe(v: number): void };
+  ttft: { observe(v: number): void };
+  tpot: { observe(v: number): void };
+  generation: { observe(v: number): void };
+}
+
+export interface ForwardDeps {
+  inflight: InflightCounter;
+  replica: Replica;
+  selection: WorkerSelection;
+  pools: UpstreamPools;
+  metrics: Metrics;
+  logger: Logger;
+  breakers: WorkerBreakers;
+  retry: RetryConfig;
+  budget: RetryBudget;
+  upstreamHeaders: Omit<UpstreamHeaderOptions, 'traceparent' | 'tracestate'>;
+  childrenFor(model: string, endpoint: Endpoint, worker: WorkerView, policy: string): RouterChildren;
+  random: () => number;
+}
+
+export interface ForwardRequest {
+  req: IncomingMessage;
+  res: ServerResponse;
+  endpoint: Endpoint;
+  raw: Buffer;
+  body: Record<string, unknown>;
+  requestId: string;
+  extraHeaders: Record<string, string>;
+  span: RequestSpan | undefined;
+  ticket: AdmissionTicket | undefined;
+  setErrorCode(code: string): void;
+}
+
+const SSE_DONE_ERROR_TYPE: Partial<Record<Endpoint, 'anthropic'>> = { messages: 'anthropic' };
+
+/** Sends one admitted request upstream, with retries. */
+export class Forwarding {
+  private attempt = 0;
+  /** incremented whenever an attempt ends: callbacks of an older attempt are ignored */
+  private attemptId = 0;
+  private tried: Set<string> | undefined;
+  private worker: WorkerView | undefined;
+  private breaker: CircuitBreaker | undefined;
+  private wasTrial = false;
+  private settings: RetrySettings | undefined;
+  private controller: Dispatcher.DispatchController | undefined;
+  private attemptActive = false;
+  private discarding = false;
+  private discardedStatus = 0;
+  private status = 0;
+  private sse = false;
+  private done = false;
+  private backoff: NodeJS.Timeout | undefined;
+  private mc: RouterChildren | undefined;
+  private model = '';
+  readonly started = performance.now();
+  private sentAt = 0;
+  private usage: UsageObserver | undefined;
+  private readonly streaming: boolean;
+
+  constructor(
+    private readonly d: ForwardDeps,
+    private readonly r: ForwardRequest,
+  ) {
+    this.streaming = r.body.stream === true;
+  }
+
+  start(): void {
+    const { res } = this.r;
+    this.d.inflight.proxied++;
+    this.d.inflight.active.add(this);
+    this.d.budget.onRequest();
+    res.on('close', this.onClientClose);
+    res.on('drain', this.onDrain);
+    if (this.r.ticket) this.r.ticket.onPreempt = this.onPreempt;
+    this.runAttempt();
+  }
+
+  private readonly onDrain = () => this.controller?.resume();
+
+  private readonly onClientClose = () => {
+    if (this.done || this.r.res.writableFinished) return;
+    const labels = this.mc?.labels;
+    if (labels)
+      this.d.metrics.inc(this.d.metrics.routerErrors, { ...labels, error_type: 'client_disconnected' });
+    this.abandonAttempt();
+    this.finish();
+  };
+
+  private readonly onPreempt = () => {
+    if (this.done || this.r.res.headersSent) return;
+    this.abandonAttempt();
+    this.sendError(errors.schedulerPreempted());
+    this.finish();
+  };
+
+  private runAttempt(): void {
+    const { d, r } = this;
+    let sel;
+    try {
+      sel = d.selection.select(r.endpoint, r.body, r.req.headers, this.tried);
+    } catch (err) {
+      this.sendError(err instanceof SmgError ? err : new SmgError(500, 'internal_error', String(err)));
+      this.finish();
+      return;
+    }
+    const { worker } = sel;
+    const mc = d.childrenFor(sel.model, r.endpoint, worker, sel.policy.name);
+    if (this.mc === undefined) {
+      this.mc = mc;
+      this.model = sel.model;
+      (this.streaming ? mc.requestsStreaming : mc.requests).inc();
+      if (r.span) r.span.setAttribute('model', sel.model || 'default');
+    }
+    mc.selection.inc();
+    this.worker = worker;
+    this.settings = retrySettings(d.retry, worker.spec.resilience);
+    const breaker = d.breakers.get(worker);
+    this.breaker = breaker;
+    this.wasTrial = breaker.state === 'half_open';
+    breaker.onStart();
+    d.replica.load.acquire(worker.id);
+    this.attemptActive = true;
+    this.discarding = false;
+    this.status = 0;
+    const id = ++this.attemptId;
+    this.sentAt = performance.now();
+    if (r.span) {
+      r.span.setAttribute('worker', worker.url);
+      r.span.addEvent('RequestSentEvent', { url: worker.url, attempt: this.attempt + 1 });
+    }
+
+    const { origin, basePath } = splitWorkerUrl(worker.url);
+    const headers = upstreamRequestHeaders(r.req.headers, r.requestId, worker, {
+      ...d.upstreamHeaders,
+      ...(r.span && { traceparent: r.span.traceparent, tracestate: r.span.tracestate }),
+    });
+    d.pools.get(origin).dispatch(
+      { method: 'POST', path: basePath + (r.req.url ?? '/'), headers, body: r.raw },
+      {
+        onRequestStart: (ctl) => {
+          if (id !== this.attemptId) return ctl.abort(new Error('attempt abandoned'));
+          this.controller = ctl;
+        },
+        onResponseStart: (ctl, statusCode, upstreamHeaders) => {
+          if (id !== this.attemptId) return;
+          this.onHead(ctl, statusCode, upstreamHeaders);
+        },
+        onResponseData: (ctl, chunk) => {
+          if (id !== this.attemptId || this.discarding) return;
+          if (this.usage) this.usage.onChunk(chunk, performance.now());
+          if (!r.res.write(chunk)) ctl.pause();
+        },
+        onResponseEnd: () => {
+          if (id !== this.attemptId) return;
+          this.onEnd();
+        },
+        onResponseError: (_ctl, err) => {
+          if (id !== this.attemptId) return;
+          this.onError(err);
+        },
+      },
+    );
+  }
+
+  private onHead(
+    _ctl: Dispatcher.DispatchController,
+    statusCode: number,
+    upstreamHeaders: Record<string, string | string[] | undefined>,
+  ): void {
+    const { d, r } = this;
+    d.metrics.inc(d.metrics.routerUpstream, {
+      router_type: 'http',
+      status_code: String(statusCode),
+      error_code: statusCode >= 400 ? 'upstream_error' : '',
+    });
+    const settings = this.settings as RetrySettings;
+    if (settings.retryable.has(statusCode)) {
+      if (this.mayRetry(settings)) {
+        // drain the error body so the keep-alive connection survives, then retry
+        this.discarding = true;
+        this.discardedStatus = statusCode;
+        return;
+      }
+      if (this.attempt > 0) this.countExhausted();
+    }
+    this.status = statusCode;
+    const ct = upstreamHeaders['content-type'];
+    this.sse = typeof ct === 'string' && ct.includes('text/event-stream');
+    r.res.writeHead(statusCode, responseHeaders(upstreamHeaders, r.extraHeaders));
+    r.ticket?.firstByte();
+    if (statusCode < 300) this.usage = new UsageObserver(this.streaming && this.sse, this.sentAt);
+  }
+
+  private onEnd(): void {
+    if (this.discarding) {
+      this.endAttempt(outcomeOf(this.discardedStatus));
+      this.scheduleRetry();
+      return;
+    }
+    this.r.res.end();
+    this.endAttempt(outcomeOf(this.status));
+    this.finish();
+  }
+
+  private onError(err: Error): void {
+    const { d, r } = this;
+    const worker = this.worker as WorkerView;
+    const e = classifyUpstreamError(err, worker.url);
+    const labels = this.mc?.labels;
+    if (labels) d.metrics.inc(d.metrics.routerErrors, { ...labels, error_type: e.code });
+    d.metrics.inc(d.metrics.workerErrors, {
+      worker_type: worker.spec.worker_type,
+      connection_mode: 'http',
+      error_type: e.code,
+    });
+    const wasDiscarding = this.discarding;
+    this.endAttempt('failure');
+    if (!r.res.headersSent) {
+      if (wasDiscarding || this.mayRetry(this.settings as RetrySettings)) {
+        this.scheduleRetry();
+        return;
+      }
+      if (this.attempt > 0) this.countExhausted();
+      this.sendError(e);
+      this.finish();
+      return;
+    }
+    // the response is committed: end it visibly broken, never as a silently short success
+    r.setErrorCode(e.code);
+    d.logger.warn(
+      { request_id: r.requestId, worker: worker.url, err: err.message },
+      'upstream failed mid-response',
+    );
+    if (this.sse && !r.res.destroyed) {
+      r.res.end(sseErrorEvent(r.endpoint, e));
+    } else {
+      r.res.destroy();
+    }
+    this.finish();
+  }
+
+  /** asks once per failed attempt: attempts left, client still here, budget allows */
+  private mayRetry(settings: RetrySettings): boolean {
+    if (this.attempt >= settings.maxRetries || this.done) return false;
+    if (!this.d.budget.tryRetry()) {
+      this.d.metrics.inc(this.d.metrics.retryBudgetRejected, { endpoint: this.r.endpoint });
+      return false;
+    }
+    return true;
+  }
+
+  private countExhausted(): void {
+    const worker = this.worker as WorkerView;
+    this.d.metrics.inc(this.d.metrics.retriesExhausted, {
+      worker_type: worker.spec.worker_type,
+      endpoint: this.r.endpoint,
+    });
+  }
+
+  private scheduleRetry(): void {
+    const { d } = this;
+    const worker = this.worker as WorkerView;
+    (this.tried ??= new Set()).add(worker.id);
+    this.attempt++;
+    const delay = backoffMs(this.attempt, this.settings as RetrySettings, d.random);
+    d.metrics.inc(d.metrics.retries, { worker_type: worker.spec.worker_type, endpoint: this.r.endpoint });
+    d.metrics.retryBackoff.observe({ attempt: String(this.attempt) }, delay / 1000);
+    this.backoff = setTimeout(() => {
+      this.backoff = undefined;
+      if (!this.done) this.runAttempt();
+    }, delay);
+  }
+
+  /** ends the current attempt: worker load, breaker verdict, stale-callback guard */
+  private endAttempt(outcome: Outcome | undefined): void {
+    if (!this.attemptActive) return;
+    this.attemptActive = false;
+    this.attemptId++;
+    this.controller = undefined;
+    this.discarding = false;
+    const worker = this.worker as WorkerView;
+    this.d.replica.load.release(worker.id);
+    this.d.breakers.record(worker, this.breaker as CircuitBreaker, outcome, this.wasTrial);
+  }
+
+  /** client gone or preempted: stop the upstream call without a verdict on the worker */
+  private abandonAttempt(): void {
+    if (this.backoff) clearTimeout(this.backoff);
+    this.backoff = undefined;
+    const ctl = this.controller;
+    this.endAttempt(undefined);
+    ctl?.abort(new Error('client disconnected'));
+  }
+
+  private sendError(e: SmgError): void {
+    const { res, extraHeaders } = this.r;
+    this.r.setErrorCode(e.code);
+    if (res.headersSent || res.destroyed) return;
+    const payload = JSON.stringify(errorEnvelope(e.status, e.code, e.message));
+    res.writeHead(e.status, {
+      ...extraHeaders,
+      ...e.headers,
+      'content-type': 'application/json; charset=utf-8',
+      'x-smg-error-code': e.code,
+      'content-length': String(Buffer.byteLength(payload)),
+    });
+    res.end(payload);
+  }
+
+  private finish(): void {
+    if (this.done) return;
+    this.done = true;
+    const { d, r } = this;
+    d.inflight.proxied--;
+    d.inflight.active.delete(this);
+    r.res.off('close', this.onClientClose);
+    r.res.off('drain', this.onDrain);
+    if (this.backoff) clearTimeout(this.backoff);
+    const mc = this.mc;
+    if (mc) mc.duration.observe((performance.now() - this.started) / 1000);
+    let totalTokens: number | undefined;
+    if (this.usage) {
+      const u = this.usage.finish(performance.now());
+      if (mc) {
+        if (u.ttftSec !== undefined) mc.ttft.observe(u.ttftSec);
+        if (u.tpotSec !== undefined) mc.tpot.observe(u.tpotSec);
+        if (u.generationSec !== undefined) mc.generation.observe(u.generationSec);
+        const labels = {
+          router_type: 'http',
+          backend_type: 'regular',
+          model: mc.labels.model,
+          endpoint: r.endpoint,
+        };
+        if (u.promptTokens)
+          d.metrics.inc(d.metrics.routerTokens, { ...labels, token_type: 'input' }, u.promptTokens);
+        if (u.completionTokens) {
+          d.metrics.inc(d.metrics.routerTokens, { ...labels, token_type: 'output' }, u.completionTokens);
+        }
+        if (u.cachedTokens)
+          d.metrics.inc(d.metrics.routerTokens, { ...labels, token_type: 'cached' }, u.cachedTokens);
+      }
+      if (u.promptTokens !== undefined || u.completionTokens !== undefined) {
+        totalTokens = (u.promptTokens ?? 0) + (u.completionTokens ?? 0);
+      }
+    }
+    r.ticket?.release(totalTokens === undefined ? undefined : { totalTokens });
+  }
+}
+
+/** the last event of a stream whose worker failed: OpenAI's `{error}` shape, or Anthropic's */
+export function sseErrorEvent(endpoint: Endpoint, e: SmgError): string {
+  if (SSE_DONE_ERROR_TYPE[endpoint] === 'anthropic') {
+    return `event: error\ndata: ${JSON.stringify({ type: 'error', error: { type: 'api_error', message: e.message } })}\n\n`;
+  }
+  return `data: ${JSON.stringify(errorEnvelope(e.status, e.code, e.message))}\n\n`;
+}
+
+/**
+ * The worker's response headers without hop-by-hop ones, plus the gateway's own (`x-request-id`,
+ * CORS), which win over the worker's.
+ */
+export function responseHeaders(
+  upstream: Record<string, string | string[] | undefined>,
+  extra: Record<string, unknown> = {},
+): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  const connectionTokens = connectionHeaderTokens(upstream.connection);
+  for (const name in upstream) {
+    const v = upstream[name];
+    if (v === undefined || HOP_BY_HOP_RESPONSE.has(name) || connectionTokens?.has(name)) continue;
+    out[name] = v;
+  }
+  for (const name in extra) {
+    const v = extra[name];
+    if (typeof v === 'string' || Array.isArray(v)) out[name] = v as string | string[];
+    else if (typeof v === 'number') out[name] = String(v);
+  }
+  return out;
+}
