@@ -208,19 +208,9 @@ const VALUE_FLAGS: [string, string, (c: Config) => unknown, unknown][] = [
   ['queue-size', '0', (c) => c.admission.queueSize, 0],
   ['queue-timeout-secs', '5', (c) => c.admission.queueTimeoutSecs, 5],
   ['priority-scheduler-default-max-class', 'bulk', (c) => c.admission.priorityDefaultMaxClass, 'bulk'],
-  [
-    'priority-scheduler-config',
-    PRIORITY_FILE,
-    (c) => c.admission.priorityConfigPath,
-    PRIORITY_FILE,
-  ],
+  ['priority-scheduler-config', PRIORITY_FILE, (c) => c.admission.priorityConfigPath, PRIORITY_FILE],
   ['priority-scheduler-tenant-metric-top-n', '8', (c) => c.admission.priorityTenantMetricTopN, 8],
-  [
-    'tenant-rate-limit-config',
-    LIMITS_FILE,
-    (c) => c.admission.tenantRateLimitConfigPath,
-    LIMITS_FILE,
-  ],
+  ['tenant-rate-limit-config', LIMITS_FILE, (c) => c.admission.tenantRateLimitConfigPath, LIMITS_FILE],
   ['api-key', 'k3y', (c) => c.auth.apiKey, 'k3y'],
   ['tenant-header-name', 'X-Tenant', (c) => c.auth.tenantHeaderName, 'x-tenant'],
 ];
