@@ -155,7 +155,7 @@ export class UsageObserver {
   /** the event being received is over MAX_EVENT: skip to its end (it was counted when it began) */
   private skipping = false;
   // SGLang /generate: the last meta_info event per index; `batch` once an event carries "index"
-  private readonly lastMeta = new Map<number, EventRef>();
+  private lastMeta: Map<number, EventRef> | undefined;
   private batch: boolean | undefined;
   /** decided by the first data event: SGLang /generate events carry meta_info */
   private sglang: boolean | undefined;
@@ -323,7 +323,7 @@ export class UsageObserver {
   private rememberMeta(buf: Buffer, start: number, end: number): void {
     if (this.batch === undefined) this.batch = findIndex(buf, start, end) !== undefined;
     const index = this.batch ? (findIndex(buf, start, end) ?? 0) : 0;
-    this.lastMeta.set(index, { buf, start, end });
+    (this.lastMeta ??= new Map()).set(index, { buf, start, end });
   }
 
   /** the result, with performance.now() at the end of the response; later calls return the same */
@@ -331,9 +331,7 @@ export class UsageObserver {
     if (this.result !== undefined) return this.result;
     try {
       if (this.streaming) this.finishStream(nowMs);
-      else if (this.body !== undefined && this.bodyLen > 0) {
-        readBody(parseJson(Buffer.concat(this.body, this.bodyLen).toString('utf8')), this.counts);
-      }
+      else if (this.body !== undefined && this.bodyLen > 0) this.finishBody();
     } catch {
       // unknown counts rather than a failed response
     }
@@ -356,6 +354,29 @@ export class UsageObserver {
     return r;
   }
 
+  /**
+   * A non-streaming body. The common case (one JSON object whose last `"usage"` is the top-level
+   * one, as OpenAI, Anthropic and SGLang write it) parses just that object; arrays (SGLang batch
+   * /generate) and bodies whose usage sits elsewhere are parsed whole.
+   */
+  private finishBody(): void {
+    const body = this.body as Buffer[];
+    const buf = body.length === 1 ? body[0] : Buffer.concat(body, this.bodyLen);
+    let first = 0;
+    while (first < buf.length && buf[first] <= SPACE) first++;
+    if (buf[first] === OPEN) {
+      const at = buf.lastIndexOf(USAGE);
+      if (at > 0) {
+        const u = objectAfter(buf, USAGE, at, buf.length);
+        if (u !== undefined) {
+          readUsage(u, this.counts);
+          if (this.counts.prompt !== undefined || this.counts.completion !== undefined) return;
+        }
+      }
+    }
+    readBody(parseJson(buf.toString('utf8')), this.counts);
+  }
+
   private finishStream(nowMs: number): void {
     // a stream that ended without its final blank line still ended its last event
     if (this.tailLen > 0 && !this.skipping) {
@@ -366,7 +387,7 @@ export class UsageObserver {
     }
     this.tail = [];
     this.tailLen = 0;
-    if (this.lastMeta.size === 0) return;
+    if (this.lastMeta === undefined || this.lastMeta.size === 0) return;
     const sum: Counts = {};
     for (const ref of this.lastMeta.values()) {
       const meta = objectAfter(ref.buf, META_INFO, ref.start, ref.end);
@@ -377,7 +398,7 @@ export class UsageObserver {
       if (one.completion !== undefined) sum.completion = (sum.completion ?? 0) + one.completion;
       if (one.cached !== undefined) sum.cached = (sum.cached ?? 0) + one.cached;
     }
-    this.lastMeta.clear();
+    this.lastMeta = undefined;
     Object.assign(this.counts, sum);
   }
 }

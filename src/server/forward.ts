@@ -33,8 +33,22 @@ import type { WorkerSelection } from './worker-selection.js';
 /** proxied requests whose upstream response has not ended yet (shutdown waits for these) */
 export interface InflightCounter {
   proxied: number;
-  /** start times (performance.now()) of the requests in flight, for the request-age gauge */
-  readonly active: Set<{ readonly started: number }>;
+  /**
+   * The requests in flight as an intrusive list (no per-request hashing or allocation), read by
+   * the request-age gauge every 20 s.
+   */
+  head: InflightEntry | undefined;
+}
+
+export interface InflightEntry {
+  readonly started: number;
+  prevInflight: InflightEntry | undefined;
+  nextInflight: InflightEntry | undefined;
+}
+
+/** start times (performance.now()) of the requests in flight */
+export function* inflightStarts(c: InflightCounter): Generator<number> {
+  for (let e = c.head; e !== undefined; e = e.nextInflight) yield e.started;
 }
 
 /** hop-by-hop headers never forwarded in either direction (RFC 9110 §7.6.1, plus `host`) */
@@ -55,8 +69,14 @@ export const HOP_BY_HOP_RESPONSE = new Set([
 /** towards the worker, undici frames the body itself: the client's length header is not reused */
 const HOP_BY_HOP_REQUEST = new Set([...HOP_BY_HOP_RESPONSE, 'content-length']);
 
-export function connectionHeaderTokens(v: string | string[] | undefined): Set<string> | undefined {
+const KEEP_ALIVE_TOKENS: ReadonlySet<string> = new Set(['keep-alive']);
+const CLOSE_TOKENS: ReadonlySet<string> = new Set(['close']);
+
+export function connectionHeaderTokens(v: string | string[] | undefined): ReadonlySet<string> | undefined {
   if (!v) return undefined;
+  // the two values nearly every request carries, without splitting
+  if (v === 'keep-alive' || v === 'Keep-Alive') return KEEP_ALIVE_TOKENS;
+  if (v === 'close' || v === 'Close') return CLOSE_TOKENS;
   const s = Array.isArray(v) ? v.join(',') : v;
   return new Set(
     s
@@ -80,6 +100,7 @@ export function upstreamRequestHeaders(
   requestId: string,
   worker: WorkerView,
   opts: UpstreamHeaderOptions = {},
+  trace?: { readonly traceparent: string; readonly tracestate: string | undefined },
 ): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   const connectionTokens = connectionHeaderTokens(incoming.connection);
@@ -95,9 +116,11 @@ export function upstreamRequestHeaders(
   }
   const key = worker.spec.api_key ?? opts.workerApiKey;
   if (key) out['authorization'] = `Bearer ${key}`;
-  if (opts.traceparent) {
-    out['traceparent'] = opts.traceparent;
-    if (opts.tracestate) out['tracestate'] = opts.tracestate;
+  const traceparent = trace?.traceparent ?? opts.traceparent;
+  if (traceparent) {
+    out['traceparent'] = traceparent;
+    const tracestate = trace ? trace.tracestate : opts.tracestate;
+    if (tracestate) out['tracestate'] = tracestate;
     else delete out['tracestate'];
   }
   return out;
@@ -126,6 +149,7 @@ export interface RouterChildren {
   ttft: { observe(v: number): void };
   tpot: { observe(v: number): void };
   generation: { observe(v: number): void };
+  tokens: Record<'input' | 'output' | 'cached', { inc(v: number): void }>;
 }
 
 export interface ForwardDeps {
@@ -140,6 +164,8 @@ export interface ForwardDeps {
   budget: RetryBudget;
   upstreamHeaders: Omit<UpstreamHeaderOptions, 'traceparent' | 'tracestate'>;
   childrenFor(model: string, endpoint: Endpoint, worker: WorkerView, policy: string): RouterChildren;
+  /** `smg_router_upstream_responses_total` child for a status, resolved once per status */
+  upstreamStatus(status: number): { inc(): void };
   random: () => number;
 }
 
@@ -159,7 +185,9 @@ export interface ForwardRequest {
 const SSE_DONE_ERROR_TYPE: Partial<Record<Endpoint, 'anthropic'>> = { messages: 'anthropic' };
 
 /** Sends one admitted request upstream, with retries. */
-export class Forwarding {
+export class Forwarding implements InflightEntry {
+  prevInflight: InflightEntry | undefined = undefined;
+  nextInflight: InflightEntry | undefined = undefined;
   private attempt = 0;
   /** incremented whenever an attempt ends: callbacks of an older attempt are ignored */
   private attemptId = 0;
@@ -193,7 +221,10 @@ export class Forwarding {
   start(): void {
     const { res } = this.r;
     this.d.inflight.proxied++;
-    this.d.inflight.active.add(this);
+    const c = this.d.inflight;
+    this.nextInflight = c.head;
+    if (c.head) c.head.prevInflight = this;
+    c.head = this;
     this.d.budget.onRequest();
     res.on('close', this.onClientClose);
     res.on('drain', this.onDrain);
@@ -256,10 +287,7 @@ export class Forwarding {
     }
 
     const { origin, basePath } = splitWorkerUrl(worker.url);
-    const headers = upstreamRequestHeaders(r.req.headers, r.requestId, worker, {
-      ...d.upstreamHeaders,
-      ...(r.span && { traceparent: r.span.traceparent, tracestate: r.span.tracestate }),
-    });
+    const headers = upstreamRequestHeaders(r.req.headers, r.requestId, worker, d.upstreamHeaders, r.span);
     d.pools.get(origin).dispatch(
       { method: 'POST', path: basePath + (r.req.url ?? '/'), headers, body: r.raw },
       {
@@ -294,11 +322,7 @@ export class Forwarding {
     upstreamHeaders: Record<string, string | string[] | undefined>,
   ): void {
     const { d, r } = this;
-    d.metrics.inc(d.metrics.routerUpstream, {
-      router_type: 'http',
-      status_code: String(statusCode),
-      error_code: statusCode >= 400 ? 'upstream_error' : '',
-    });
+    d.upstreamStatus(statusCode).inc();
     const settings = this.settings as RetrySettings;
     if (settings.retryable.has(statusCode)) {
       if (this.mayRetry(settings)) {
@@ -438,7 +462,11 @@ export class Forwarding {
     this.done = true;
     const { d, r } = this;
     d.inflight.proxied--;
-    d.inflight.active.delete(this);
+    const c = d.inflight;
+    if (this.prevInflight) this.prevInflight.nextInflight = this.nextInflight;
+    else if (c.head === this) c.head = this.nextInflight;
+    if (this.nextInflight) this.nextInflight.prevInflight = this.prevInflight;
+    this.prevInflight = this.nextInflight = undefined;
     r.res.off('close', this.onClientClose);
     r.res.off('drain', this.onDrain);
     if (this.backoff) clearTimeout(this.backoff);
@@ -451,19 +479,9 @@ export class Forwarding {
         if (u.ttftSec !== undefined) mc.ttft.observe(u.ttftSec);
         if (u.tpotSec !== undefined) mc.tpot.observe(u.tpotSec);
         if (u.generationSec !== undefined) mc.generation.observe(u.generationSec);
-        const labels = {
-          router_type: 'http',
-          backend_type: 'regular',
-          model: mc.labels.model,
-          endpoint: r.endpoint,
-        };
-        if (u.promptTokens)
-          d.metrics.inc(d.metrics.routerTokens, { ...labels, token_type: 'input' }, u.promptTokens);
-        if (u.completionTokens) {
-          d.metrics.inc(d.metrics.routerTokens, { ...labels, token_type: 'output' }, u.completionTokens);
-        }
-        if (u.cachedTokens)
-          d.metrics.inc(d.metrics.routerTokens, { ...labels, token_type: 'cached' }, u.cachedTokens);
+        if (u.promptTokens) mc.tokens.input.inc(u.promptTokens);
+        if (u.completionTokens) mc.tokens.output.inc(u.completionTokens);
+        if (u.cachedTokens) mc.tokens.cached.inc(u.cachedTokens);
       }
       if (u.promptTokens !== undefined || u.completionTokens !== undefined) {
         totalTokens = (u.promptTokens ?? 0) + (u.completionTokens ?? 0);

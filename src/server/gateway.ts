@@ -25,7 +25,7 @@ import { Admission, loadPrioritySchedulerConfig, loadTenantRateLimitConfig } fro
 import { Auth } from './auth.js';
 import { UpstreamPools } from '../workers/upstream.js';
 import { buildApp } from './app.js';
-import type { InflightCounter } from './proxy.js';
+import { inflightStarts, type InflightCounter } from './forward.js';
 import type { Lifecycle } from './utility-routes.js';
 import { WorkerSelection } from './worker-selection.js';
 
@@ -115,7 +115,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     wantsEngineLoads: (spec) => LOAD_AWARE.has(spec.labels.policy ?? cfg.policy),
   });
   const lifecycle: Lifecycle = { draining: false };
-  const inflight: InflightCounter = { proxied: 0, active: new Set() };
+  const inflight: InflightCounter = { proxied: 0, head: undefined };
   // bad keys or admission files stop start-up here, before anything listens
   const auth = new Auth(cfg.auth, { logger, metrics });
   const admission = Admission.fromConfig(cfg.admission, {
@@ -155,7 +155,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     budget,
   });
   const runtime = startRuntimeMetrics(metrics, {
-    inflightStartTimes: () => [...inflight.active].map((r) => r.started),
+    inflightStartTimes: () => inflightStarts(inflight),
   });
 
   metrics.beforeScrape = () => {
@@ -176,6 +176,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     metrics.manualCacheEntries.set(policies.manualEntries());
     refreshEngineGauges(metrics, replica);
     admission?.refreshGauges();
+    breakers.refreshGauges();
   };
 
   const maintenance = setInterval(() => policies.maintain(), cfg.policyParams.evictionIntervalSecs * 1000);

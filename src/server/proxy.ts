@@ -14,7 +14,7 @@ import type { Endpoint } from '../protocols/routing-text.js';
 import type { WorkerView } from '../state/registry.js';
 import type { Admission } from './admission/index.js';
 import type { Auth } from './auth.js';
-import { Forwarding, type ForwardDeps, type RouterChildren } from './forward.js';
+import { Forwarding, type ForwardDeps, type ForwardRequest, type RouterChildren } from './forward.js';
 import { ENDPOINT_BY_PATH } from './request-id.js';
 
 export { responseHeaders, upstreamRequestHeaders, type InflightCounter } from './forward.js';
@@ -89,7 +89,7 @@ export function recordHttpOutcome(metrics: Metrics, logger: Logger, o: HttpOutco
   }
 }
 
-export interface FastPathDeps extends Omit<ForwardDeps, 'childrenFor'> {
+export interface FastPathDeps extends Omit<ForwardDeps, 'childrenFor' | 'upstreamStatus'> {
   bodyLimit: number;
   genReqId: (req: IncomingMessage) => string;
   /** CORS headers for a request's Origin, or undefined */
@@ -146,12 +146,30 @@ export function createInferenceFastPath(
         ttft: metrics.routerTtft.labels(usageLabels),
         tpot: metrics.routerTpot.labels(usageLabels),
         generation: metrics.routerGeneration.labels(usageLabels),
+        tokens: {
+          input: metrics.routerTokens.labels({ ...usageLabels, token_type: 'input' }),
+          output: metrics.routerTokens.labels({ ...usageLabels, token_type: 'output' }),
+          cached: metrics.routerTokens.labels({ ...usageLabels, token_type: 'cached' }),
+        },
       };
       routerChildren.set(key, c);
     }
     return c;
   }
-  const forwardDeps: ForwardDeps = { ...deps, childrenFor };
+  const byStatus = new Map<number, { inc(): void }>();
+  const upstreamStatus = (status: number) => {
+    let c = byStatus.get(status);
+    if (!c) {
+      c = metrics.routerUpstream.labels({
+        router_type: 'http',
+        status_code: String(status),
+        error_code: status >= 400 ? 'upstream_error' : '',
+      });
+      byStatus.set(status, c);
+    }
+    return c;
+  };
+  const forwardDeps: ForwardDeps = { ...deps, childrenFor, upstreamStatus };
   /** tenant is needed for admission even when the data plane is open (ip:<addr> / header:<id>) */
   const needTenant = admission !== undefined;
 
@@ -253,9 +271,20 @@ export function createInferenceFastPath(
       try {
         const raw = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
         const body = parseBody(raw);
-        const request = { req, res, endpoint, raw, body, requestId, extraHeaders, span, setErrorCode };
+        const request: ForwardRequest = {
+          req,
+          res,
+          endpoint,
+          raw,
+          body,
+          requestId,
+          extraHeaders,
+          span,
+          ticket: undefined,
+          setErrorCode,
+        };
         if (admission === undefined) {
-          new Forwarding(forwardDeps, { ...request, ticket: undefined }).start();
+          new Forwarding(forwardDeps, request).start();
           return;
         }
         const priority = req.headers['x-smg-priority'];
@@ -287,7 +316,8 @@ export function createInferenceFastPath(
               ticket.release();
               return;
             }
-            new Forwarding(forwardDeps, { ...request, ticket }).start();
+            request.ticket = ticket;
+            new Forwarding(forwardDeps, request).start();
           },
         );
         if (queued && pending) res.once('close', onQueuedClose);

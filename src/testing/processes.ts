@@ -143,6 +143,8 @@ export async function startGatewayProc(
     ['--prometheus-host', '127.0.0.1'],
     ['--prometheus-port', String(promPort)],
     ['--log-level', 'warn'],
+    // SIGTERM drains for min(grace/2, 5 s) before closing: keep test and benchmark stops quick
+    ['--shutdown-grace-period-secs', '2'],
   ];
   const given = new Set(args.filter((a) => a.startsWith('--')).map((a) => a.split('=')[0]));
   const proc = spawnSmg(['launch', ...defaults.filter(([f]) => !given.has(f)).flat(), ...args]);

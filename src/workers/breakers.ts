@@ -21,6 +21,8 @@ import {
 interface Entry {
   url: string;
   breaker: CircuitBreaker;
+  /** labelled outcome counters, resolved once (the hot path records one outcome per attempt) */
+  outcomes: Record<Outcome, { inc(): void }>;
   resilience: WorkerResilience | undefined;
 }
 
@@ -59,7 +61,15 @@ export class WorkerBreakers {
         },
         this.clock,
       );
-      e = { url, breaker, resilience: worker.spec.resilience };
+      e = {
+        url,
+        breaker,
+        outcomes: {
+          success: this.metrics.cbOutcomes.labels({ worker: url, outcome: 'success' }),
+          failure: this.metrics.cbOutcomes.labels({ worker: url, outcome: 'failure' }),
+        },
+        resilience: worker.spec.resilience,
+      };
       this.entries.set(worker.id, e);
       this.metrics.cbState.set({ worker: url }, 0);
     } else if (e.resilience !== worker.spec.resilience) {
@@ -72,10 +82,15 @@ export class WorkerBreakers {
   /** records an attempt's verdict (undefined = cancelled) and refreshes the gauges */
   record(worker: WorkerView, breaker: CircuitBreaker, outcome: Outcome | undefined, wasTrial: boolean): void {
     breaker.record(outcome, wasTrial);
-    if (outcome === undefined) return;
-    this.metrics.inc(this.metrics.cbOutcomes, { worker: worker.url, outcome });
-    this.metrics.cbConsecutiveFailures.set({ worker: worker.url }, breaker.consecutiveFailures);
-    this.metrics.cbConsecutiveSuccesses.set({ worker: worker.url }, breaker.consecutiveSuccesses);
+    if (outcome !== undefined) this.entries.get(worker.id)?.outcomes[outcome].inc();
+  }
+
+  /** consecutive-run gauges, refreshed at scrape time rather than on every request */
+  refreshGauges(): void {
+    for (const e of this.entries.values()) {
+      this.metrics.cbConsecutiveFailures.set({ worker: e.url }, e.breaker.consecutiveFailures);
+      this.metrics.cbConsecutiveSuccesses.set({ worker: e.url }, e.breaker.consecutiveSuccesses);
+    }
   }
 
   /** `{url: state}` for every worker with a breaker */

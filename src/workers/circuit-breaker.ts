@@ -100,7 +100,7 @@ export class CircuitBreaker {
     const now = this.clock.now();
     if (outcome === 'success') {
       this.consecutiveFailures = 0;
-      this.failureTimes = [];
+      if (this.failureTimes.length > 0) this.failureTimes = [];
       this.consecutiveSuccesses++;
       if (this.state === 'half_open' && this.consecutiveSuccesses >= this.settings.successThreshold) {
         this.transition('closed');
