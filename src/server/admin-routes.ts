@@ -42,7 +42,7 @@ async function callWorker(
   const res = await undiciRequest(origin + basePath + path, {
     dispatcher: pools.get(origin),
     method,
-    headers: w.spec.api_key ? { authorization: `Bearer ${w.spec.api_key}` } : {},
+    headers: pools.authHeaders(w.spec),
     signal: AbortSignal.timeout(FANOUT_TIMEOUT_MS),
   });
   return { status: res.statusCode, body: await res.body.text() };

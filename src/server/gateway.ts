@@ -80,7 +80,10 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     nodeId,
     cacheBlocksPerWorker: Math.max(1, Math.floor(cfg.policyParams.maxTreeSize / cfg.prefixBlockChars)),
   });
-  const pools = new UpstreamPools({ requestTimeoutMs: cfg.requestTimeoutSecs * 1000 });
+  const pools = new UpstreamPools({
+    requestTimeoutMs: cfg.requestTimeoutSecs * 1000,
+    ...(cfg.auth.apiKey !== undefined && { defaultApiKey: cfg.auth.apiKey }),
+  });
 
   // routing decisions queue their prefix-cache deltas; they are applied in one batch on setImmediate
   const recorder = new CacheRecorder(

@@ -59,7 +59,7 @@ export function registerUtilityRoutes(
       const res = await undiciRequest(origin + basePath + path, {
         dispatcher: pools.get(origin),
         method: 'GET',
-        headers: w.spec.api_key ? { authorization: `Bearer ${w.spec.api_key}` } : {},
+        headers: pools.authHeaders(w.spec),
         signal: AbortSignal.timeout(10_000),
       });
       return reply.code(res.statusCode).headers(responseHeaders(res.headers)).send(res.body);

@@ -198,7 +198,7 @@ export class WorkerManager {
   }
 
   private authHeaders(spec: WorkerSpec): Record<string, string> {
-    return spec.api_key ? { authorization: `Bearer ${spec.api_key}` } : {};
+    return this.o.pools.authHeaders(spec);
   }
 
   private timeoutMs(spec: WorkerSpec): number {

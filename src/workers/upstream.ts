@@ -13,12 +13,20 @@ export interface UpstreamOptions {
   keepAliveMs?: number;
   /** max connections per worker */
   connections?: number;
+  /** the gateway's `--api-key`: the bearer for workers that have no `api_key` of their own */
+  defaultApiKey?: string;
 }
 
 export class UpstreamPools {
   private readonly pools = new Map<string, Pool>();
 
   constructor(private readonly opts: UpstreamOptions) {}
+
+  /** `Authorization` for calls to a worker: its own key, else the gateway's `--api-key` */
+  authHeaders(spec: { api_key?: string }): Record<string, string> {
+    const key = spec.api_key ?? this.opts.defaultApiKey;
+    return key ? { authorization: `Bearer ${key}` } : {};
+  }
 
   get(origin: string): Pool {
     let pool = this.pools.get(origin);
