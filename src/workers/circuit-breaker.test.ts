@@ -1,34 +1,12 @@
 import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../testing/manual-clock.js';
 import {
   breakerSettings,
   CircuitBreaker,
   outcomeOf,
-  type BreakerClock,
   type BreakerSettings,
   type BreakerState,
 } from './circuit-breaker.js';
-
-/** a manual clock: timers fire only when the test advances time */
-class FakeClock implements BreakerClock {
-  t = 1_000_000;
-  private timers: { at: number; fn: () => void; id: number }[] = [];
-  private next = 1;
-  now = () => this.t;
-  setTimeout = (fn: () => void, ms: number) => {
-    const id = this.next++;
-    this.timers.push({ at: this.t + ms, fn, id });
-    return id;
-  };
-  clearTimeout = (id: unknown) => {
-    this.timers = this.timers.filter((t) => t.id !== id);
-  };
-  advance(ms: number): void {
-    this.t += ms;
-    const due = this.timers.filter((t) => t.at <= this.t);
-    this.timers = this.timers.filter((t) => t.at > this.t);
-    for (const t of due) t.fn();
-  }
-}
 
 const SETTINGS: BreakerSettings = {
   failureThreshold: 3,
@@ -39,7 +17,7 @@ const SETTINGS: BreakerSettings = {
 };
 
 function make(over: Partial<BreakerSettings> = {}) {
-  const clock = new FakeClock();
+  const clock = new ManualClock();
   const transitions: [BreakerState, BreakerState][] = [];
   const availability: boolean[] = [];
   const b = new CircuitBreaker(
@@ -48,7 +26,7 @@ function make(over: Partial<BreakerSettings> = {}) {
       onTransition: (from, to) => transitions.push([from, to]),
       onAvailability: (a) => availability.push(a),
     },
-    clock,
+    { now: clock.now, setTimeout: clock.timers.setTimeout, clearTimeout: clock.timers.clearTimeout },
   );
   const run = (outcome: 'success' | 'failure') => {
     const trial = b.state === 'half_open';

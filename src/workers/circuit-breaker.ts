@@ -44,7 +44,7 @@ export interface BreakerListener {
 
 export interface BreakerClock {
   now(): number;
-  setTimeout(fn: () => void, ms: number): { unref?(): void } | number;
+  setTimeout(fn: () => void, ms: number): unknown;
   clearTimeout(t: unknown): void;
 }
 
@@ -152,7 +152,7 @@ export class CircuitBreaker {
           this.updateAvailability();
         }
       }, this.settings.timeoutMs);
-      if (typeof t === 'object' && t.unref) t.unref();
+      if (typeof t === 'object' && t !== null && 'unref' in t) (t as NodeJS.Timeout).unref();
       this.timer = t;
     }
     this.listener.onTransition(from, to);

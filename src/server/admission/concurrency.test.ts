@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../../testing/manual-clock.js';
 import type { SmgError } from '../../protocols/errors.js';
 import {
   ConcurrencyLimiter,
@@ -7,43 +8,7 @@ import {
   type ConcurrencySettings,
   type ConcurrencySlot,
   type QueuedWait,
-  type Timers,
 } from './concurrency.js';
-
-/** a clock and timers driven by hand: time moves only in `advance` */
-class ManualClock {
-  t = 1_000_000;
-  private seq = 0;
-  private readonly pending = new Map<number, { at: number; fn: () => void }>();
-  readonly now = (): number => this.t;
-  readonly timers: Timers = {
-    setTimeout: (fn, ms) => {
-      const id = ++this.seq;
-      this.pending.set(id, { at: this.t + ms, fn });
-      return id;
-    },
-    clearTimeout: (h) => {
-      this.pending.delete(h as number);
-    },
-  };
-
-  advance(ms: number): void {
-    const end = this.t + ms;
-    for (;;) {
-      let next: [number, { at: number; fn: () => void }] | undefined;
-      for (const e of this.pending) if (e[1].at <= end && (!next || e[1].at < next[1].at)) next = e;
-      if (!next) break;
-      this.pending.delete(next[0]);
-      this.t = Math.max(this.t, next[1].at);
-      next[1].fn();
-    }
-    this.t = end;
-  }
-
-  get timers_pending(): number {
-    return this.pending.size;
-  }
-}
 
 interface Outcome {
   err?: SmgError;
@@ -52,7 +17,7 @@ interface Outcome {
 }
 
 function setup(s: Partial<ConcurrencySettings> = {}) {
-  const clock = new ManualClock();
+  const clock = new ManualClock(1_000_000);
   const decisions: boolean[] = [];
   const lim = new ConcurrencyLimiter(
     { maxConcurrent: 2, queueSize: 2, queueTimeoutSecs: 10, ...s },
@@ -128,7 +93,7 @@ describe('ConcurrencyLimiter', () => {
     clock.advance(4000);
     expect(second.out.err?.status).toBe(408);
     expect(lim.stats().queued).toBe(0);
-    expect(clock.timers_pending).toBe(0);
+    expect(clock.timersPending).toBe(0);
   });
 
   it('a cancelled waiter leaves the queue, is never called, and frees its place', () => {
@@ -195,7 +160,7 @@ describe('ConcurrencyLimiter', () => {
     lim.close((waited) => ({ status: 408, waited }) as unknown as SmgError);
     expect(q1.out.err).toMatchObject({ status: 408, waited: 1.5 });
     expect(q2.out.err).toMatchObject({ status: 408 });
-    expect(clock.timers_pending).toBe(0);
+    expect(clock.timersPending).toBe(0);
   });
 
   it('never exceeds the cap and never idles a slot while requests wait (random admit/release/cancel/time)', () => {

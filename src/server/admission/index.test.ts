@@ -3,12 +3,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../testing/manual-clock.js';
 import type { AdmissionConfig } from '../../cli/config-types.js';
 import { Metrics } from '../../observability/metrics.js';
 import type { SmgError } from '../../protocols/errors.js';
 import { Replica } from '../../state/replica.js';
 import type { WorkerSpec } from '../../state/worker.js';
-import type { Timers } from './concurrency.js';
+
 import {
   Admission,
   type AdmissionDeps,
@@ -17,41 +18,6 @@ import {
   type PendingAdmission,
 } from './index.js';
 import type { TenantRateLimitRules } from './tenant-limits.js';
-
-/** a clock and timers driven by hand: time moves only in `advance` */
-class ManualClock {
-  t = 28_333 * 60_000;
-  private seq = 0;
-  private readonly pending = new Map<number, { at: number; fn: () => void }>();
-  readonly now = (): number => this.t;
-  readonly timers: Timers = {
-    setTimeout: (fn, ms) => {
-      const id = ++this.seq;
-      this.pending.set(id, { at: this.t + ms, fn });
-      return id;
-    },
-    clearTimeout: (h) => {
-      this.pending.delete(h as number);
-    },
-  };
-
-  advance(ms: number): void {
-    const end = this.t + ms;
-    for (;;) {
-      let next: [number, { at: number; fn: () => void }] | undefined;
-      for (const e of this.pending) if (e[1].at <= end && (!next || e[1].at < next[1].at)) next = e;
-      if (!next) break;
-      this.pending.delete(next[0]);
-      this.t = Math.max(this.t, next[1].at);
-      next[1].fn();
-    }
-    this.t = end;
-  }
-
-  get timersPending(): number {
-    return this.pending.size;
-  }
-}
 
 const OFF: AdmissionConfig = {
   maxConcurrentRequests: -1,
@@ -75,7 +41,7 @@ function quietLogger(): Logger & { errors: unknown[] } {
 }
 
 function setup(cfg: Partial<AdmissionConfig>, deps: Partial<AdmissionDeps> = {}) {
-  const clock = new ManualClock();
+  const clock = new ManualClock(28_333 * 60_000);
   const replica = new Replica({ nodeId: 'n1', now: clock.now });
   const metrics = new Metrics();
   const logger = quietLogger();

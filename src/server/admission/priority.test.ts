@@ -4,11 +4,12 @@ import path from 'node:path';
 import fc from 'fast-check';
 import type { Counter } from 'prom-client';
 import { afterAll, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../testing/manual-clock.js';
 import type { PriorityClass } from '../../cli/config-types.js';
 import { Metrics } from '../../observability/metrics.js';
 import type { SmgError } from '../../protocols/errors.js';
 import type { WorkerView } from '../../state/registry.js';
-import type { QueuedWait, Timers } from './concurrency.js';
+import type { QueuedWait } from './concurrency.js';
 import {
   PriorityScheduler,
   SchedulerPermit,
@@ -22,41 +23,6 @@ import {
   type ClassConfigYaml,
   type PrioritySchedulerFile,
 } from './priority.js';
-
-/** a clock and timers driven by hand: time moves only in `advance` */
-class ManualClock {
-  t = 1_000_000;
-  private seq = 0;
-  private readonly pending = new Map<number, { at: number; fn: () => void }>();
-  readonly now = (): number => this.t;
-  readonly timers: Timers = {
-    setTimeout: (fn, ms) => {
-      const id = ++this.seq;
-      this.pending.set(id, { at: this.t + ms, fn });
-      return id;
-    },
-    clearTimeout: (h) => {
-      this.pending.delete(h as number);
-    },
-  };
-
-  advance(ms: number): void {
-    const end = this.t + ms;
-    for (;;) {
-      let next: [number, { at: number; fn: () => void }] | undefined;
-      for (const e of this.pending) if (e[1].at <= end && (!next || e[1].at < next[1].at)) next = e;
-      if (!next) break;
-      this.pending.delete(next[0]);
-      this.t = Math.max(this.t, next[1].at);
-      next[1].fn();
-    }
-    this.t = end;
-  }
-
-  get timersPending(): number {
-    return this.pending.size;
-  }
-}
 
 const RANK: Record<PriorityClass, number> = { bulk: 0, default: 1, interactive: 2, system: 3 };
 
@@ -72,7 +38,7 @@ function scheduler(
   file: PrioritySchedulerFile,
   opts: { defaultMaxClass?: PriorityClass; topN?: number; metrics?: Metrics } = {},
 ) {
-  const clock = new ManualClock();
+  const clock = new ManualClock(1_000_000);
   const metrics = opts.metrics ?? new Metrics();
   const sched = new PriorityScheduler(
     prioritySettings(
