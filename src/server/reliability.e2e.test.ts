@@ -300,6 +300,49 @@ describe('admission', () => {
   }, 30_000);
 });
 
+describe('priority scheduler', () => {
+  it('a system request preempts a bulk one that has not started answering; bulk gets 503 + Retry-After', async () => {
+    const [w] = await separateWorkers(1, ['--ttft-ms', '1500']);
+    const file = join(dir, 'priority.yaml');
+    writeFileSync(
+      file,
+      [
+        'capacity: 1',
+        'classes:',
+        ...['system', 'interactive', 'default', 'bulk'].map(
+          (c) => `  ${c}: { reserved_floor: 0, reserved_per_slot: 0 }`,
+        ),
+      ].join('\n'),
+    );
+    const gw = await startGatewayProc([
+      '--worker-urls',
+      w.urls[0],
+      '--priority-scheduler-enabled',
+      '--priority-scheduler-config',
+      file,
+      // unlisted tenants are clamped to this class (SMG's default: `default`)
+      '--priority-scheduler-default-max-class',
+      'system',
+      '--disable-health-check',
+    ]);
+    const bulk = post(`${gw.url}/v1/chat/completions`, chat('bulk job'), { 'x-smg-priority': 'bulk' });
+    await waitFor(async () => (await stats(w.urls[0])).running === 1, 5000, 'bulk request running');
+    const system = await post(`${gw.url}/v1/chat/completions`, chat('urgent'), {
+      'x-smg-priority': 'system',
+    });
+    const preempted = await bulk;
+    expect(preempted.status).toBe(503);
+    expect(preempted.headers.get('x-smg-error-code')).toBe('scheduler_preempted');
+    expect(preempted.headers.get('x-smg-preempted')).toBe('true');
+    expect(preempted.headers.get('retry-after')).toBe('1');
+    expect(system.status).toBe(200);
+    const m = await metricsText(gw);
+    expect(
+      metricValue(m, 'smg_scheduler_preemption_total', { victim_class: 'bulk', by_class: 'system' }),
+    ).toBe(1);
+  }, 30_000);
+});
+
 describe('auth', () => {
   it('data plane 401, control plane 401/403, the key sent to workers, and 413', async () => {
     const [w] = await separateWorkers(1);
