@@ -1,0 +1,193 @@
+/**
+ * The building blocks SwimNode keeps per member and per node: the member record, Lifeguard's
+ * suspicion timer and local-health score, and the transmit-limited broadcast queue.
+ * Their rules follow hashicorp/memberlist's design (suspicion.go, awareness.go, queue.go).
+ */
+import type { Clock } from './transport.js';
+import type { Meta, MemberState } from './messages.js';
+
+export type { MemberState, Meta } from './messages.js';
+
+export interface Member {
+  name: string;
+  address: string;
+  incarnation: number;
+  state: MemberState;
+  meta: Meta;
+  /** clock time of the last state change */
+  stateChangedAt: number;
+}
+
+/**
+ * Lifeguard's suspicion timeout: `min = suspicionMult × max(1, log10(N)) × probeInterval`, so larger
+ * clusters, whose gossip takes longer to reach everyone, give a suspect more time to refute.
+ */
+export function suspicionMinTimeoutMs(suspicionMult: number, n: number, probeIntervalMs: number): number {
+  const scale = Math.max(1, Math.log10(Math.max(1, n)));
+  return suspicionMult * scale * probeIntervalMs;
+}
+
+/** broadcasts are retransmitted `retransmitMult × ceil(log10(N+1))` times: enough to reach N w.h.p. */
+export function retransmitLimit(retransmitMult: number, n: number): number {
+  return retransmitMult * Math.ceil(Math.log10(n + 1));
+}
+
+/**
+ * A running suspicion of one member. It starts at the max timeout and shrinks, on a log scale,
+ * towards the min as independent members confirm it: one suspector may be the unhealthy one, several
+ * rarely are. With no confirmations expected (tiny clusters) it simply runs for the min.
+ */
+export class Suspicion {
+  private readonly confirmations = new Set<string>();
+  private readonly start: number;
+  private handle: unknown;
+  private fired = false;
+
+  constructor(
+    private readonly clock: Clock,
+    from: string,
+    /** confirmations that bring the timeout down to min */
+    private readonly expected: number,
+    private readonly minMs: number,
+    private readonly maxMs: number,
+    private readonly onTimeout: () => void,
+  ) {
+    this.start = clock.now();
+    // the originator is not a confirmation of its own suspicion
+    this.confirmations.add(from);
+    this.schedule(expected > 0 ? maxMs : minMs);
+  }
+
+  /** the timeout after `n` confirmations */
+  static timeoutMs(n: number, expected: number, minMs: number, maxMs: number): number {
+    if (expected <= 0) return minMs;
+    const frac = Math.log(n + 1) / Math.log(expected + 1);
+    return Math.max(minMs, Math.floor(maxMs - frac * (maxMs - minMs)));
+  }
+
+  /** records a confirmation; true when it is a new, independent one (worth re-gossiping) */
+  confirm(from: string): boolean {
+    if (this.fired || this.confirmations.has(from)) return false;
+    if (this.confirmations.size - 1 >= this.expected) return false;
+    this.confirmations.add(from);
+    const timeout = Suspicion.timeoutMs(this.confirmations.size - 1, this.expected, this.minMs, this.maxMs);
+    this.clock.clearTimeout(this.handle);
+    this.schedule(Math.max(0, this.start + timeout - this.clock.now()));
+    return true;
+  }
+
+  get confirmationCount(): number {
+    return this.confirmations.size - 1;
+  }
+
+  cancel(): void {
+    this.fired = true;
+    this.clock.clearTimeout(this.handle);
+  }
+
+  private schedule(ms: number): void {
+    this.handle = this.clock.setTimeout(() => {
+      if (this.fired) return;
+      this.fired = true;
+      this.onTimeout();
+    }, ms);
+  }
+}
+
+/**
+ * Lifeguard's local health: a score in [0, max-1] that grows when this node misses acks or nacks or
+ * has to refute, and shrinks on successful probes. A slow node (overloaded, paused) then probes less
+ * often and waits longer before blaming others for its own slowness.
+ */
+export class Awareness {
+  private value = 0;
+  constructor(private readonly max: number) {}
+  apply(delta: number): void {
+    this.value = Math.min(this.max - 1, Math.max(0, this.value + delta));
+  }
+  get score(): number {
+    return this.value;
+  }
+  scale(ms: number): number {
+    return ms * (this.value + 1);
+  }
+}
+
+interface QueueItem {
+  /** the member the broadcast is about: a newer one replaces it */
+  key: string;
+  bytes: Uint8Array;
+  transmits: number;
+  /** insertion order; newer first among equally sent items */
+  id: number;
+  onDone?: () => void;
+}
+
+/**
+ * Broadcasts waiting to be piggybacked. Least transmitted first, then newest first, so fresh news
+ * spreads before old news is repeated; an item leaves after `limit` transmissions or when a newer
+ * item about the same member replaces it.
+ */
+export class BroadcastQueue {
+  private items: QueueItem[] = [];
+  private readonly byKey = new Map<string, QueueItem>();
+  private nextId = 0;
+  private sorted = true;
+
+  get size(): number {
+    return this.items.length;
+  }
+
+  /** onDone runs once when the item is retired (sent `limit` times, replaced or cleared) */
+  push(key: string, bytes: Uint8Array, onDone?: () => void): void {
+    const old = this.byKey.get(key);
+    if (old) {
+      this.items.splice(this.items.indexOf(old), 1);
+      old.onDone?.();
+    }
+    const item: QueueItem = { key, bytes, transmits: 0, id: this.nextId++, onDone };
+    this.byKey.set(key, item);
+    // a fresh item sorts first; keeping it at the head avoids a re-sort
+    this.items.unshift(item);
+  }
+
+  /**
+   * Takes broadcasts totalling at most `budget` bytes, each costing `frameBytes` extra, and counts one
+   * transmission for each. At most `maxCount` items.
+   */
+  take(budget: number, frameBytes: number, limit: number, maxCount: number): Uint8Array[] {
+    if (this.items.length === 0 || maxCount <= 0) return [];
+    if (!this.sorted) {
+      this.items.sort((a, b) => a.transmits - b.transmits || b.id - a.id);
+      this.sorted = true;
+    }
+    const out: Uint8Array[] = [];
+    let retired = false;
+    for (const item of this.items) {
+      if (out.length >= maxCount) break;
+      const cost = item.bytes.length + frameBytes;
+      if (cost > budget) continue;
+      budget -= cost;
+      out.push(item.bytes);
+      item.transmits++;
+      if (item.transmits >= limit) retired = true;
+      this.sorted = false;
+    }
+    if (retired) {
+      this.items = this.items.filter((item) => {
+        if (item.transmits < limit) return true;
+        this.byKey.delete(item.key);
+        item.onDone?.();
+        return false;
+      });
+    }
+    return out;
+  }
+
+  clear(): void {
+    const items = this.items;
+    this.items = [];
+    this.byKey.clear();
+    for (const item of items) item.onDone?.();
+  }
+}
