@@ -1,0 +1,521 @@
+/**
+ * The replicated registry document: local writes reach the views, any delivery order of changes
+ * converges, remove wins, the sync protocol catches peers up in a bounded number of rounds, the
+ * document survives save/load and refuses malformed input without damage.
+ */
+import * as Automerge from '@automerge/automerge';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  RegistryDoc,
+  RegistryDocError,
+  actorIdFor,
+  parseActorId,
+  type RegistryDocDiff,
+} from './registry-doc.js';
+import type { WorkerSpec } from './worker.js';
+
+function spec(url: string, priority = 50, models = ['m1']): WorkerSpec {
+  return {
+    url,
+    models,
+    worker_type: 'regular',
+    connection_mode: 'http',
+    runtime: 'sglang',
+    labels: { zone: 'a' },
+    priority,
+    cost: 1,
+    api_key: 'sk-test',
+    health: {},
+    max_connection_attempts: 20,
+  };
+}
+
+const actor = (node: string, incarnation = 1) => actorIdFor(node, incarnation);
+
+/** everything a peer can observe of a doc, in canonical form */
+function snapshot(d: RegistryDoc) {
+  const sorted = <V>(m: ReadonlyMap<string, V>) => [...m].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return {
+    workers: sorted(d.workers()),
+    removed: [...d.removed()].sort(),
+    policies: sorted(d.policies()),
+    config: sorted(d.config()),
+    heads: [...d.heads()].sort(),
+  };
+}
+
+/** runs the sync protocol between all pairs until nobody has anything to send; returns the rounds */
+function syncAll(docs: RegistryDoc[], names: string[], maxRounds = 50): number {
+  for (let round = 1; round <= maxRounds; round++) {
+    let sent = false;
+    for (let i = 0; i < docs.length; i++) {
+      for (let j = 0; j < docs.length; j++) {
+        if (i === j) continue;
+        const msg = docs[i].generateSyncMessage(names[j]);
+        if (msg) {
+          sent = true;
+          docs[j].receiveSyncMessage(names[i], msg);
+        }
+      }
+    }
+    if (!sent) return round - 1;
+  }
+  throw new Error(`sync did not settle in ${maxRounds} rounds`);
+}
+
+describe('actor ids', () => {
+  it('encodes node id and incarnation, and every incarnation differs', () => {
+    const a1 = actorIdFor('node-a', 1);
+    const a2 = actorIdFor('node-a', 2);
+    expect(a1).not.toBe(a2);
+    expect(parseActorId(a1)).toEqual({ nodeId: 'node-a', incarnation: 1 });
+    expect(parseActorId(actorIdFor('nœud-é', 0xffffffff))).toEqual({
+      nodeId: 'nœud-é',
+      incarnation: 0xffffffff,
+    });
+    expect(() => actorIdFor('', 1)).toThrow(RegistryDocError);
+    expect(() => actorIdFor('n', -1)).toThrow(RegistryDocError);
+    expect(() => actorIdFor('n', 1.5)).toThrow(RegistryDocError);
+    expect(() => RegistryDoc.create('xyz')).toThrow(RegistryDocError);
+    expect(() => RegistryDoc.create('abc')).toThrow(RegistryDocError);
+  });
+
+  it('a restarted node (new incarnation) never emits a duplicate (actor, seq), even after losing changes', () => {
+    // incarnation 1 writes three changes, only the first reached the store before a crash
+    const first = RegistryDoc.create(actor('n1', 1));
+    const persisted = first.upsertWorker('w1', spec('http://a'));
+    const lost = [...first.upsertWorker('w2', spec('http://b')), ...first.setConfig('k', 'v')];
+    const restarted = RegistryDoc.load(actor('n1', 2), undefined, persisted);
+    const fresh = [...restarted.upsertWorker('w3', spec('http://c')), ...restarted.setConfig('k', 'v2')];
+    const ids = [...persisted, ...lost, ...fresh].map((c) => {
+      const d = Automerge.decodeChange(c);
+      return `${d.actor}:${d.seq}`;
+    });
+    expect(new Set(ids).size).toBe(ids.length);
+    // a peer that saw the lost changes still accepts the new incarnation's changes and converges
+    const peer = RegistryDoc.create(actor('n2'));
+    peer.applyChanges([...persisted, ...lost]);
+    expect(peer.applyChanges(fresh)).toEqual({ changed: true });
+    restarted.applyChanges(lost);
+    expect(snapshot(peer)).toEqual(snapshot(restarted));
+    expect(peer.workers().size).toBe(3);
+  });
+});
+
+describe('local writes', () => {
+  it('are visible in the views and return their change bytes', () => {
+    const d = RegistryDoc.create(actor('n1'), { now: () => 1234 });
+    const diffs: RegistryDocDiff[] = [];
+    d.onChange((diff) => diffs.push(diff));
+    const c1 = d.upsertWorker('w1', spec('http://a'));
+    expect(c1).toHaveLength(1);
+    expect(d.workers().get('w1')).toEqual(spec('http://a'));
+    expect(Object.isFrozen(d.workers().get('w1'))).toBe(true);
+    expect(d.upsertWorker('w1', spec('http://a'))).toEqual([]); // identical spec: no change
+    d.setPolicy('m1', 'cache_aware', { balance_abs_threshold: 32, strict: true });
+    expect(d.policies().get('m1')).toEqual({
+      policy: 'cache_aware',
+      params: { balance_abs_threshold: 32, strict: true },
+      updatedAt: 1234,
+    });
+    d.setConfig('routing.default', 'round_robin');
+    expect(d.config().get('routing.default')).toBe('round_robin');
+    expect(d.deleteConfig('routing.default')).toHaveLength(1);
+    expect(d.deleteConfig('routing.default')).toEqual([]);
+    expect(d.config().size).toBe(0);
+    d.removeWorker('w1');
+    expect(d.workers().has('w1')).toBe(false);
+    expect(d.isRemoved('w1')).toBe(true);
+    expect(d.removeWorker('w1')).toEqual([]);
+    expect(() => d.upsertWorker('w1', spec('http://a'))).toThrow(RegistryDocError);
+    expect(() => d.upsertWorker('w9', { ...spec('http://a'), url: 7 } as unknown as WorkerSpec)).toThrow(
+      RegistryDocError,
+    );
+    expect(() => d.upsertWorker('', spec('http://a'))).toThrow(RegistryDocError);
+    expect(diffs).toEqual([
+      { upserted: ['w1'], removed: [], policiesChanged: false, configChanged: false },
+      { upserted: [], removed: [], policiesChanged: true, configChanged: false },
+      { upserted: [], removed: [], policiesChanged: false, configChanged: true },
+      { upserted: [], removed: [], policiesChanged: false, configChanged: true },
+      { upserted: [], removed: ['w1'], policiesChanged: false, configChanged: false },
+    ]);
+  });
+
+  it('keeps unchanged view objects across rebuilds and replaces the maps', () => {
+    const d = RegistryDoc.create(actor('n1'));
+    d.upsertWorker('w1', spec('http://a'));
+    const before = d.workers();
+    const w1 = before.get('w1');
+    d.upsertWorker('w2', spec('http://b'));
+    expect(d.workers()).not.toBe(before);
+    expect(d.workers().get('w1')).toBe(w1);
+    expect(before.has('w2')).toBe(false);
+  });
+
+  it('tombstones an id it never saw, and tells listeners', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    const diffs: RegistryDocDiff[] = [];
+    a.onChange((diff) => diffs.push(diff));
+    a.removeWorker('ghost');
+    expect(a.isRemoved('ghost')).toBe(true);
+    expect(diffs).toEqual([
+      { upserted: [], removed: ['ghost'], policiesChanged: false, configChanged: false },
+    ]);
+  });
+});
+
+describe('convergence by change exchange', () => {
+  it('concurrent upserts of one id converge to one winner', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    const b = RegistryDoc.create(actor('n2'));
+    const ca = a.upsertWorker('w1', spec('http://a', 1));
+    const cb = b.upsertWorker('w1', spec('http://a', 2));
+    a.applyChanges(cb);
+    b.applyChanges(ca);
+    expect(snapshot(a)).toEqual(snapshot(b));
+    expect([1, 2]).toContain(a.workers().get('w1')?.priority);
+  });
+
+  it('remove wins over a concurrent upsert, on every peer', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    const b = RegistryDoc.create(actor('n2'));
+    const c = RegistryDoc.create(actor('n3'));
+    const base = a.upsertWorker('w1', spec('http://a', 1));
+    b.applyChanges(base);
+    c.applyChanges(base);
+    const up = b.upsertWorker('w1', spec('http://a', 9));
+    const rm = c.removeWorker('w1');
+    for (const d of [a, b, c]) {
+      d.applyChanges(rm);
+      d.applyChanges(up);
+      expect(d.workers().has('w1')).toBe(false);
+      expect(d.isRemoved('w1')).toBe(true);
+    }
+    expect(snapshot(a)).toEqual(snapshot(b));
+    expect(snapshot(b)).toEqual(snapshot(c));
+  });
+
+  it('concurrent policy writes converge', () => {
+    const a = RegistryDoc.create(actor('n1'), { now: () => 1 });
+    const b = RegistryDoc.create(actor('n2'), { now: () => 2 });
+    const ca = a.setPolicy('m1', 'round_robin');
+    const cb = b.setPolicy('m1', 'cache_aware', { threshold: 0.5 });
+    a.applyChanges(cb);
+    b.applyChanges(ca);
+    expect(a.policies()).toEqual(b.policies());
+    expect(a.policies().size).toBe(1);
+  });
+
+  it('changes arriving before their dependencies wait, then apply', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    const b = RegistryDoc.create(actor('n2'));
+    const c1 = a.upsertWorker('w1', spec('http://a'));
+    const c2 = a.upsertWorker('w1', spec('http://a', 7));
+    expect(b.applyChanges(c2)).toEqual({ changed: false });
+    expect(b.workers().size).toBe(0);
+    expect(b.applyChanges(c1)).toEqual({ changed: true });
+    expect(b.workers().get('w1')?.priority).toBe(7);
+    expect(b.applyChanges([...c1, ...c2])).toEqual({ changed: false });
+  });
+
+  type Op =
+    | { kind: 'upsert'; at: number; id: string; priority: number }
+    | { kind: 'remove'; at: number; id: string }
+    | { kind: 'policy'; at: number; model: string; policy: string }
+    | { kind: 'config'; at: number; key: string; value: string | null }
+    | { kind: 'deliver'; from: number; to: number; seed: number };
+
+  const ids = fc.constantFrom('w1', 'w2', 'w3');
+  const at = fc.integer({ min: 0, max: 2 });
+  const opArb: fc.Arbitrary<Op> = fc.oneof(
+    fc.record({
+      kind: fc.constant('upsert' as const),
+      at,
+      id: ids,
+      priority: fc.integer({ min: 0, max: 9 }),
+    }),
+    fc.record({ kind: fc.constant('remove' as const), at, id: ids }),
+    fc.record({
+      kind: fc.constant('policy' as const),
+      at,
+      model: fc.constantFrom('m1', 'm2'),
+      policy: fc.constantFrom('random', 'round_robin', 'cache_aware'),
+    }),
+    fc.record({
+      kind: fc.constant('config' as const),
+      at,
+      key: fc.constantFrom('a', 'b'),
+      value: fc.option(fc.constantFrom('x', 'y'), { nil: null }),
+    }),
+    fc.record({
+      kind: fc.constant('deliver' as const),
+      from: at,
+      to: at,
+      seed: fc.integer({ min: 0, max: 1_000_000 }),
+    }),
+  );
+
+  /** a deterministic shuffle with duplicates */
+  function scramble<T>(xs: T[], seed: number): T[] {
+    const out = [...xs, ...xs.filter((_, i) => (i + seed) % 3 === 0)];
+    let s = seed || 1;
+    for (let i = out.length - 1; i > 0; i--) {
+      s = (s * 1103515245 + 12345) % 2147483648;
+      const j = s % (i + 1);
+      [out[i], out[j]] = [out[j], out[i]];
+    }
+    return out;
+  }
+
+  it('any interleaving of ops on 3 actors, then a full exchange in any order, gives identical docs', () => {
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 30 }), fc.integer({ min: 0, max: 1_000_000 }), (ops, seed) => {
+        const docs = [0, 1, 2].map((i) => RegistryDoc.create(actor(`n${i}`), { now: () => i }));
+        const logs: Uint8Array[][] = [[], [], []];
+        for (const op of ops) {
+          if (op.kind === 'deliver') {
+            docs[op.to].applyChanges(scramble(logs[op.from], op.seed));
+            continue;
+          }
+          const d = docs[op.at];
+          let out: Uint8Array[];
+          if (op.kind === 'upsert') {
+            if (d.isRemoved(op.id)) continue;
+            out = d.upsertWorker(op.id, spec(`http://${op.id}`, op.priority));
+          } else if (op.kind === 'remove') out = d.removeWorker(op.id);
+          else if (op.kind === 'policy') out = d.setPolicy(op.model, op.policy);
+          else out = op.value === null ? d.deleteConfig(op.key) : d.setConfig(op.key, op.value);
+          logs[op.at].push(...out);
+        }
+        const all = logs.flat();
+        docs.forEach((d, i) => d.applyChanges(scramble(all, seed + i)));
+        const s0 = snapshot(docs[0]);
+        expect(snapshot(docs[1])).toEqual(s0);
+        expect(snapshot(docs[2])).toEqual(s0);
+        for (const id of s0.removed) expect(docs[0].workers().has(id)).toBe(false);
+      }),
+      { numRuns: 60 },
+    );
+  });
+});
+
+describe('sync protocol', () => {
+  it('two divergent peers converge in a bounded number of rounds', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    const b = RegistryDoc.create(actor('n2'));
+    for (let i = 0; i < 20; i++) a.upsertWorker(`a${i}`, spec(`http://a${i}`));
+    for (let i = 0; i < 20; i++) b.upsertWorker(`b${i}`, spec(`http://b${i}`));
+    b.removeWorker('a3');
+    a.setPolicy('m1', 'cache_aware');
+    const rounds = syncAll([a, b], ['a', 'b']);
+    expect(rounds).toBeLessThanOrEqual(4);
+    expect(snapshot(a)).toEqual(snapshot(b));
+    expect(a.workers().size).toBe(39);
+    // nothing left to say
+    expect(a.generateSyncMessage('b')).toBeNull();
+    expect(b.generateSyncMessage('a')).toBeNull();
+  });
+
+  it('three divergent peers, one of them new and empty, converge', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    const b = RegistryDoc.create(actor('n2'));
+    const fresh = RegistryDoc.create(actor('n3'));
+    const shared = a.upsertWorker('w0', spec('http://w0'));
+    b.applyChanges(shared);
+    for (let i = 0; i < 50; i++) a.upsertWorker(`a${i}`, spec(`http://a${i}`, i % 10));
+    for (let i = 0; i < 50; i++) b.setConfig(`k${i % 5}`, `v${i}`);
+    b.removeWorker('w0');
+    a.upsertWorker('w0', spec('http://w0', 3)); // concurrent with the removal: removal wins
+    const rounds = syncAll([a, b, fresh], ['a', 'b', 'c']);
+    expect(rounds).toBeLessThanOrEqual(5);
+    expect(snapshot(fresh)).toEqual(snapshot(a));
+    expect(snapshot(b)).toEqual(snapshot(a));
+    expect(fresh.workers().size).toBe(50);
+    expect(fresh.isRemoved('w0')).toBe(true);
+  });
+
+  it('keeps converging as writes continue, and a forgotten peer starts over', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    const b = RegistryDoc.create(actor('n2'));
+    a.upsertWorker('w1', spec('http://a'));
+    syncAll([a, b], ['a', 'b']);
+    b.setConfig('k', 'v');
+    syncAll([a, b], ['a', 'b']);
+    expect(a.config().get('k')).toBe('v');
+    a.forgetPeer('b');
+    b.forgetPeer('a');
+    a.setConfig('k', 'w');
+    expect(syncAll([a, b], ['a', 'b'])).toBeLessThanOrEqual(3);
+    expect(snapshot(a)).toEqual(snapshot(b));
+  });
+
+  it('rejects malformed sync messages without damage', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    const b = RegistryDoc.create(actor('n2'));
+    a.upsertWorker('w1', spec('http://a'));
+    b.upsertWorker('w2', spec('http://b'));
+    const before = snapshot(b);
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 200 }), (bytes) => {
+        expect(() => b.receiveSyncMessage('a', bytes)).toThrow(RegistryDocError);
+      }),
+      { numRuns: 100 },
+    );
+    // corrupted real messages
+    const msg = a.generateSyncMessage('b');
+    if (!msg) throw new Error('expected a message');
+    for (const cut of [1, 5, msg.length >> 1, msg.length - 1]) {
+      expect(() => b.receiveSyncMessage('a', msg.subarray(0, cut))).toThrow(RegistryDocError);
+    }
+    expect(snapshot(b)).toEqual(before);
+    a.forgetPeer('b');
+    expect(syncAll([a, b], ['a', 'b'])).toBeLessThanOrEqual(4);
+    expect(snapshot(a)).toEqual(snapshot(b));
+  });
+});
+
+describe('corrupted sync messages', () => {
+  it('a real message with any byte flipped is rejected or harmless, and the doc still saves and syncs', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    for (let i = 0; i < 5; i++) a.upsertWorker(`w${i}`, spec(`http://w${i}`));
+    // first message of a session: heads and bloom only; the second carries the document to an empty peer
+    const probe = RegistryDoc.create(actor('n2'));
+    const hello = a.generateSyncMessage('p');
+    if (!hello) throw new Error('expected a message');
+    probe.receiveSyncMessage('a', hello);
+    const reply = probe.generateSyncMessage('a');
+    if (!reply) throw new Error('expected a reply');
+    a.receiveSyncMessage('p', reply);
+    const payload = a.generateSyncMessage('p');
+    if (!payload) throw new Error('expected a payload');
+    let rejected = 0;
+    for (let i = 0; i < payload.length; i += 3) {
+      const b = RegistryDoc.create(actor('n3'));
+      const bad = payload.slice();
+      bad[i] ^= 0x5a;
+      try {
+        b.receiveSyncMessage('a', bad);
+      } catch (err) {
+        expect(err).toBeInstanceOf(RegistryDocError);
+        rejected++;
+      }
+      expect(snapshot(RegistryDoc.load(actor('n3', 2), b.save()))).toEqual(snapshot(b));
+      b.forgetPeer('a');
+      a.forgetPeer('b');
+      syncAll([a, b], ['a', 'b']);
+      expect(snapshot(b)).toEqual(snapshot(a));
+    }
+    expect(rejected).toBeGreaterThan(0);
+  });
+});
+
+describe('persistence', () => {
+  it('load(save()) round-trips, and load(snapshot, later changes) catches up', () => {
+    const a = RegistryDoc.create(actor('n1'), { now: () => 5 });
+    a.upsertWorker('w1', spec('http://a'));
+    a.setPolicy('m1', 'random');
+    a.setConfig('k', 'v');
+    a.removeWorker('gone');
+    const snap = a.save();
+    const headsAtSnap = a.heads();
+    const reloaded = RegistryDoc.load(actor('n1', 2), snap);
+    expect(snapshot(reloaded)).toEqual(snapshot(a));
+
+    const later = [...a.upsertWorker('w2', spec('http://b')), ...a.deleteConfig('k')];
+    expect(a.getChangesSince(headsAtSnap)).toEqual(later);
+    const caughtUp = RegistryDoc.load(actor('n1', 3), snap, [...later].reverse());
+    expect(snapshot(caughtUp)).toEqual(snapshot(a));
+    // unknown heads: every change (a superset is always safe to apply)
+    expect(a.getChangesSince(['00'.repeat(32)]).length).toBeGreaterThan(later.length);
+    // a reloaded doc keeps writing under its own actor
+    caughtUp.setConfig('x', 'y');
+    a.applyChanges(caughtUp.getChangesSince(a.heads()));
+    expect(snapshot(caughtUp)).toEqual(snapshot(a));
+  });
+
+  it('independently created docs share one genesis, so their root maps merge', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    const b = RegistryDoc.create(actor('n2'));
+    expect(a.heads()).toEqual(b.heads());
+    const ca = a.upsertWorker('w1', spec('http://a'));
+    const cb = b.upsertWorker('w2', spec('http://b'));
+    a.applyChanges(cb);
+    b.applyChanges(ca);
+    expect([...a.workers().keys()].sort()).toEqual(['w1', 'w2']);
+    expect(snapshot(a)).toEqual(snapshot(b));
+  });
+
+  it('refuses corrupt and foreign snapshots with a typed error', () => {
+    const a = RegistryDoc.create(actor('n1'));
+    a.upsertWorker('w1', spec('http://a'));
+    const snap = a.save();
+    const corrupt = snap.slice();
+    corrupt[corrupt.length >> 1] ^= 0xff;
+    const codeOf = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (err) {
+        return err instanceof RegistryDocError ? err.code : 'untyped';
+      }
+      return 'none';
+    };
+    expect(codeOf(() => RegistryDoc.load(actor('n1', 2), corrupt))).toBe('corrupt_snapshot');
+    expect(codeOf(() => RegistryDoc.load(actor('n1', 2), new Uint8Array([1, 2, 3])))).toBe(
+      'corrupt_snapshot',
+    );
+    const foreign = Automerge.save(Automerge.from({ todo: ['x'] }));
+    expect(codeOf(() => RegistryDoc.load(actor('n1', 2), foreign))).toBe('foreign_document');
+    // same root map names, but created without the shared genesis: its maps would shadow ours
+    const lookalike = Automerge.save(
+      Automerge.from({ workers: {}, removed: {}, policies: {}, config: {} }, { actor: actor('x') }),
+    );
+    expect(codeOf(() => RegistryDoc.load(actor('n1', 2), lookalike))).toBe('foreign_document');
+  });
+});
+
+describe('malformed changes', () => {
+  it('random bytes are rejected and the doc stays intact', () => {
+    const d = RegistryDoc.create(actor('n1'));
+    d.upsertWorker('w1', spec('http://a'));
+    const good = RegistryDoc.create(actor('n2')).upsertWorker('w2', spec('http://b'));
+    const before = snapshot(d);
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
+        expect(() => d.applyChanges([bytes])).toThrow(RegistryDocError);
+        // a bad change anywhere in a batch refuses the whole batch
+        expect(() => d.applyChanges([...good, bytes])).toThrow(RegistryDocError);
+      }),
+      { numRuns: 100 },
+    );
+    expect(snapshot(d)).toEqual(before);
+    d.applyChanges(good);
+    expect(d.workers().has('w2')).toBe(true);
+  });
+
+  it('every single-byte corruption of a real change is rejected (chunk checksum), doc intact', () => {
+    const src = RegistryDoc.create(actor('n2'));
+    const change = src.upsertWorker('w2', spec('http://b'))[0];
+    const d = RegistryDoc.create(actor('n1'));
+    d.upsertWorker('w1', spec('http://a'));
+    let rejected = 0;
+    for (let i = 0; i < change.length; i++) {
+      const bad = change.slice();
+      bad[i] ^= 0x5a;
+      try {
+        d.applyChanges([bad]);
+      } catch (err) {
+        expect(err).toBeInstanceOf(RegistryDocError);
+        rejected++;
+      }
+      // whatever happened, the doc still works: a write and a sync with a clean peer converge
+      expect(d.workers().get('w1')?.url).toBe('http://a');
+    }
+    expect(rejected).toBe(change.length);
+    expect(snapshot(RegistryDoc.load(actor('n1', 2), d.save()))).toEqual(snapshot(d));
+    d.setConfig('after', 'corruption');
+    const peer = RegistryDoc.create(actor('n3'));
+    syncAll([d, peer], ['d', 'p']);
+    expect(snapshot(peer)).toEqual(snapshot(d));
+  });
+});
