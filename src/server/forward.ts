@@ -52,7 +52,7 @@ export function* inflightStarts(c: InflightCounter): Generator<number> {
 }
 
 /** hop-by-hop headers never forwarded in either direction (RFC 9110 §7.6.1, plus `host`) */
-export const HOP_BY_HOP_RESPONSE = new Set([
+const HOP_BY_HOP_RESPONSE = new Set([
   'connection',
   'keep-alive',
   'proxy-authenticate',
@@ -72,7 +72,7 @@ const HOP_BY_HOP_REQUEST = new Set([...HOP_BY_HOP_RESPONSE, 'content-length']);
 const KEEP_ALIVE_TOKENS: ReadonlySet<string> = new Set(['keep-alive']);
 const CLOSE_TOKENS: ReadonlySet<string> = new Set(['close']);
 
-export function connectionHeaderTokens(v: string | string[] | undefined): ReadonlySet<string> | undefined {
+function connectionHeaderTokens(v: string | string[] | undefined): ReadonlySet<string> | undefined {
   if (!v) return undefined;
   // the two values nearly every request carries, without splitting
   if (v === 'keep-alive' || v === 'Keep-Alive') return KEEP_ALIVE_TOKENS;
@@ -126,7 +126,7 @@ export function upstreamRequestHeaders(
   return out;
 }
 
-export function classifyUpstreamError(err: unknown, url: string): SmgError {
+function classifyUpstreamError(err: unknown, url: string): SmgError {
   if (
     err instanceof undiciErrors.HeadersTimeoutError ||
     err instanceof undiciErrors.BodyTimeoutError ||
@@ -443,18 +443,9 @@ export class Forwarding implements InflightEntry {
   }
 
   private sendError(e: SmgError): void {
-    const { res, extraHeaders } = this.r;
     this.r.setErrorCode(e.code);
-    if (res.headersSent || res.destroyed) return;
-    const payload = JSON.stringify(errorEnvelope(e.status, e.code, e.message));
-    res.writeHead(e.status, {
-      ...extraHeaders,
-      ...e.headers,
-      'content-type': 'application/json; charset=utf-8',
-      'x-smg-error-code': e.code,
-      'content-length': String(Buffer.byteLength(payload)),
-    });
-    res.end(payload);
+    if (!this.r.res.headersSent && !this.r.res.destroyed)
+      writeErrorResponse(this.r.res, e, this.r.extraHeaders);
   }
 
   private finish(): void {
@@ -491,8 +482,25 @@ export class Forwarding implements InflightEntry {
   }
 }
 
+/** SMG's error envelope as a complete response, with the gateway's own headers and the error's */
+export function writeErrorResponse(
+  res: ServerResponse,
+  e: SmgError,
+  extraHeaders: Record<string, string>,
+): void {
+  const payload = JSON.stringify(errorEnvelope(e.status, e.code, e.message));
+  res.writeHead(e.status, {
+    ...extraHeaders,
+    ...e.headers,
+    'content-type': 'application/json; charset=utf-8',
+    'x-smg-error-code': e.code,
+    'content-length': String(Buffer.byteLength(payload)),
+  });
+  res.end(payload);
+}
+
 /** the last event of a stream whose worker failed: OpenAI's `{error}` shape, or Anthropic's */
-export function sseErrorEvent(endpoint: Endpoint, e: SmgError): string {
+function sseErrorEvent(endpoint: Endpoint, e: SmgError): string {
   if (SSE_DONE_ERROR_TYPE[endpoint] === 'anthropic') {
     return `event: error\ndata: ${JSON.stringify({ type: 'error', error: { type: 'api_error', message: e.message } })}\n\n`;
   }

@@ -9,12 +9,18 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.js';
 import type { Tracing } from '../observability/tracing.js';
-import { errorEnvelope, errors, SmgError } from '../protocols/errors.js';
+import { errors, SmgError } from '../protocols/errors.js';
 import type { Endpoint } from '../protocols/routing-text.js';
 import type { WorkerView } from '../state/registry.js';
 import type { Admission } from './admission/index.js';
 import type { Auth } from './auth.js';
-import { Forwarding, type ForwardDeps, type ForwardRequest, type RouterChildren } from './forward.js';
+import {
+  Forwarding,
+  writeErrorResponse,
+  type ForwardDeps,
+  type ForwardRequest,
+  type RouterChildren,
+} from './forward.js';
 import { ENDPOINT_BY_PATH } from './request-id.js';
 
 export { responseHeaders, upstreamRequestHeaders, type InflightCounter } from './forward.js';
@@ -214,19 +220,8 @@ export function createInferenceFastPath(
 
     const fail = (e: SmgError) => {
       errorCode = e.code;
-      if (res.headersSent) {
-        res.destroy();
-        return;
-      }
-      const payload = JSON.stringify(errorEnvelope(e.status, e.code, e.message));
-      res.writeHead(e.status, {
-        ...extraHeaders,
-        ...e.headers,
-        'content-type': 'application/json; charset=utf-8',
-        'x-smg-error-code': e.code,
-        'content-length': String(Buffer.byteLength(payload)),
-      });
-      res.end(payload);
+      if (res.headersSent) res.destroy();
+      else writeErrorResponse(res, e, extraHeaders);
     };
 
     let tenant = 'anonymous';

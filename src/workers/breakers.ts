@@ -93,20 +93,6 @@ export class WorkerBreakers {
     }
   }
 
-  /** `{url: state}` for every worker with a breaker */
-  states(): Record<string, BreakerState> {
-    const out: Record<string, BreakerState> = {};
-    for (const [id, e] of this.entries) {
-      const w = this.replica.registry.get(id);
-      if (w) out[w.url] = e.breaker.state;
-    }
-    return out;
-  }
-
-  stateOf(id: string): BreakerState | undefined {
-    return this.entries.get(id)?.breaker.state;
-  }
-
   close(): void {
     this.unsubscribe();
     for (const e of this.entries.values()) e.breaker.dispose();

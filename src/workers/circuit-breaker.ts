@@ -138,13 +138,8 @@ export class CircuitBreaker {
     if (from === to) return;
     this.state = to;
     this.consecutiveSuccesses = 0;
-    if (to !== 'open') this.dispose();
-    if (to === 'closed' || to === 'half_open') {
-      this.consecutiveFailures = 0;
-      this.failureTimes = [];
-    }
+    this.dispose();
     if (to === 'open') {
-      this.dispose();
       const t = this.clock.setTimeout(() => {
         this.timer = undefined;
         if (this.state === 'open') {
@@ -154,6 +149,9 @@ export class CircuitBreaker {
       }, this.settings.timeoutMs);
       if (typeof t === 'object' && t !== null && 'unref' in t) (t as NodeJS.Timeout).unref();
       this.timer = t;
+    } else {
+      this.consecutiveFailures = 0;
+      this.failureTimes = [];
     }
     this.listener.onTransition(from, to);
   }

@@ -209,7 +209,7 @@ class Waiter implements Queued, QueuedWait {
 }
 
 /** EWMA weight of a new slot hold time in the expected-wait estimate */
-const HOLD_EWMA_ALPHA = 0.1;
+export const HOLD_EWMA_ALPHA = 0.1;
 
 export class ConcurrencyLimiter {
   private inflight = 0;

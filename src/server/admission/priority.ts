@@ -25,7 +25,14 @@ import type { PriorityClass } from '../../cli/config-types.js';
 import type { Metrics } from '../../observability/metrics.js';
 import { errors, type SmgError } from '../../protocols/errors.js';
 import type { WorkerView } from '../../state/registry.js';
-import { Alarm, WaitQueue, type Queued, type QueuedWait, type Timers } from './concurrency.js';
+import {
+  Alarm,
+  HOLD_EWMA_ALPHA,
+  WaitQueue,
+  type Queued,
+  type QueuedWait,
+  type Timers,
+} from './concurrency.js';
 
 /** low → high; a class's index is its rank */
 export const PRIORITY_CLASSES: readonly PriorityClass[] = ['bulk', 'default', 'interactive', 'system'];
@@ -434,8 +441,6 @@ class PriorityWaiter implements Queued, QueuedWait {
     this.owner.cancelWaiter(this);
   }
 }
-
-const HOLD_EWMA_ALPHA = 0.1;
 
 export class PriorityScheduler {
   private capacity: number;
