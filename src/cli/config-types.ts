@@ -63,6 +63,30 @@ export interface Config {
   admission: AdmissionConfig;
   auth: AuthConfig;
   tracing: TracingConfig;
+  // issue 4: the HA mesh
+  mesh: MeshConfig;
+}
+
+/** The HA mesh (issue 4). */
+export interface MeshConfig {
+  /** --ha-mesh (alias --enable-mesh) */
+  enabled: boolean;
+  /** --seeds (alias --mesh-peer-urls): host:port, DNS names resolved again on every attempt */
+  seeds: string[];
+  /** --mesh-host: 0.0.0.0 with a cluster key, else 127.0.0.1 */
+  host: string;
+  /** --mesh-advertise-host */
+  advertiseHost?: string;
+  /** --mesh-port (30001): UDP for SWIM, TCP for libp2p */
+  port: number;
+  /** --mesh-node-name (alias --mesh-server-name): default <hostname>-<mesh-port> */
+  nodeName: string;
+  /** --data-dir: default ./.smg/<node-name> when the mesh is on */
+  dataDir?: string;
+  /** --mesh-cluster-key / SMG_MESH_CLUSTER_KEY: base64, primary first */
+  clusterKeys: string[];
+  /** --mesh-insecure */
+  insecure: boolean;
 }
 
 /** §1.7 retries (issue 3). */

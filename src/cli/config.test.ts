@@ -1,5 +1,5 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
@@ -119,6 +119,20 @@ const SMG_DEFAULTS: Config = {
     disableAuditLogging: false,
   },
   tracing: { enabled: false, otlpTracesEndpoint: 'http://localhost:4318/v1/traces' },
+  mesh: {
+    enabled: false,
+    seeds: [],
+    host: '127.0.0.1',
+    port: 30001,
+    nodeName: `${
+      hostname()
+        .split('.')[0]
+        .replace(/[^A-Za-z0-9_-]/g, '-')
+        .slice(0, 50) || 'smg'
+    }-30001`,
+    clusterKeys: [],
+    insecure: false,
+  },
 };
 
 describe('defaults', () => {
@@ -254,10 +268,80 @@ const LIST_FLAGS: [string, string[], (c: Config) => unknown, unknown][] = [
   ],
 ];
 
+const KEY_A = Buffer.alloc(32, 1).toString('base64');
+const KEY_B = Buffer.alloc(32, 2).toString('base64');
+
+/** mesh flags need --ha-mesh; each row: flag, argv after `--ha-mesh`, read, expected */
+const MESH_FLAGS: [string, string[], (c: Config) => unknown, unknown][] = [
+  ['ha-mesh', [], (c) => c.mesh.enabled, true],
+  [
+    'seeds',
+    ['--seeds', 'a.example:30001,10.0.0.2:1', '[::1]:7'],
+    (c) => c.mesh.seeds,
+    ['a.example:30001', '10.0.0.2:1', '[::1]:7'],
+  ],
+  ['mesh-host', ['--mesh-host', '127.0.0.2'], (c) => c.mesh.host, '127.0.0.2'],
+  ['mesh-advertise-host', ['--mesh-advertise-host', '127.0.0.3'], (c) => c.mesh.advertiseHost, '127.0.0.3'],
+  ['mesh-port', ['--mesh-port', '31001'], (c) => c.mesh.port, 31001],
+  ['mesh-node-name', ['--mesh-node-name', 'gw-1'], (c) => c.mesh.nodeName, 'gw-1'],
+  ['data-dir', ['--data-dir', '/var/lib/smg'], (c) => c.mesh.dataDir, '/var/lib/smg'],
+  ['mesh-cluster-key', ['--mesh-cluster-key', KEY_A, KEY_B], (c) => c.mesh.clusterKeys, [KEY_A, KEY_B]],
+  ['mesh-insecure', ['--mesh-insecure', '--mesh-host', '0.0.0.0'], (c) => c.mesh.host, '0.0.0.0'],
+];
+
+describe('mesh flags', () => {
+  it.each(MESH_FLAGS)('--%s', (_flag, argv, read, expected) => {
+    expect(read(parse(['--ha-mesh', ...argv]))).toEqual(expected);
+  });
+
+  it("accepts SMG's spellings as aliases", () => {
+    const c = parse(['--enable-mesh', '--mesh-peer-urls', '127.0.0.1:1', '--mesh-server-name', 'n1']);
+    expect(c.mesh).toMatchObject({ enabled: true, seeds: ['127.0.0.1:1'], nodeName: 'n1' });
+    expect(() => parse(['--ha-mesh', '--enable-mesh'])).toThrow(
+      /given more than once \(--enable-mesh is --ha-mesh\)/,
+    );
+    const f = file('mesh.yaml', 'enable_mesh: true\nmesh_peer_urls: [a:1]\n');
+    expect(parse(['--config', f]).mesh.seeds).toEqual(['a:1']);
+  });
+
+  it('defaults: loopback without a key, all interfaces with one, data dir under ./.smg/<name>', () => {
+    const plain = parse(['--ha-mesh', '--mesh-node-name', 'x']).mesh;
+    expect(plain).toMatchObject({
+      host: '127.0.0.1',
+      port: 30001,
+      dataDir: join('.smg', 'x'),
+      clusterKeys: [],
+    });
+    expect(parse(['--ha-mesh', '--mesh-cluster-key', KEY_A]).mesh.host).toBe('0.0.0.0');
+    expect(parse(['--ha-mesh'], { SMG_MESH_CLUSTER_KEY: KEY_A }).mesh.clusterKeys).toEqual([KEY_A]);
+    expect(parse([]).mesh.dataDir).toBeUndefined();
+  });
+
+  it.each([
+    [['--seeds', 'nohost'], /--seeds: malformed seed "nohost"/],
+    [['--seeds', 'a:0'], /port must be between 1 and 65535/],
+    [['--seeds', 'bad_host!:1'], /is not a host name or IP address/],
+    [['--mesh-cluster-key', 'c2hvcnQ='], /--mesh-cluster-key: key 1: cluster key must be 32 bytes/],
+    [['--mesh-cluster-key', '***'], /not valid base64/],
+    [['--mesh-host', 'myhost'], /--mesh-host: must be an IPv4 or IPv6 address/],
+    [['--mesh-host', '0.0.0.0'], /not a loopback address and no --mesh-cluster-key/],
+    [['--mesh-node-name', 'a:b'], /--mesh-node-name: must be 1-64 characters/],
+    [['--mesh-port', '30000'], /--mesh-port: must differ from --port/],
+    [['--mesh-advertise-host', '0.0.0.0'], /must be an address peers can reach/],
+  ])('rejects %j', (argv, message) => {
+    expect(() => parse(['--ha-mesh', ...argv])).toThrow(message);
+  });
+
+  it('mesh settings without --ha-mesh are an error, not ignored', () => {
+    expect(() => parse(['--seeds', 'a:1'])).toThrow(/--seeds: needs --ha-mesh/);
+    expect(() => parse(['--mesh-cluster-key', KEY_A])).toThrow(/needs --ha-mesh/);
+  });
+});
+
 describe('every flag parses', () => {
   it('the tables cover every launch flag', () => {
     // tested on its own below: it needs its config file
-    const covered = [...VALUE_FLAGS, ...SWITCHES, ...LIST_FLAGS, ['tenant-rate-limit-enabled']]
+    const covered = [...VALUE_FLAGS, ...SWITCHES, ...LIST_FLAGS, ...MESH_FLAGS, ['tenant-rate-limit-enabled']]
       .map((row) => row[0] as string)
       .sort();
     expect(covered).toEqual(Object.keys(LAUNCH_FLAGS).sort());

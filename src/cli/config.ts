@@ -9,7 +9,9 @@
  * exits the process; every problem is a thrown {@link ConfigError}.
  */
 import { readFileSync } from 'node:fs';
-import { extname } from 'node:path';
+import { isIP } from 'node:net';
+import { hostname } from 'node:os';
+import { extname, join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
@@ -21,7 +23,8 @@ import {
   loadTenantRateLimitConfig,
   validateTenantRules,
 } from '../server/admission/index.js';
-import type { Config, LogLevel, PriorityClass } from './config-types.js';
+import { parseClusterKey } from '../../mesh/swim/keyring.js';
+import type { Config, LogLevel, MeshConfig, PriorityClass } from './config-types.js';
 
 /** worker URL validation is shared with the admin API (POST/PUT /workers) */
 export { checkWorkerUrl };
@@ -121,6 +124,11 @@ export const LAUNCH_DEFAULTS = {
   'tenant-header-name': 'x-smg-tenant-id',
   'control-plane-api-keys': [] as { id: string; name: string; role: 'admin' | 'user'; key: string }[],
   'disable-audit-logging': false,
+  // mesh (issue 4)
+  'ha-mesh': false,
+  seeds: [] as string[],
+  'mesh-port': 30001,
+  'mesh-insecure': false,
 };
 const D = LAUNCH_DEFAULTS;
 
@@ -438,6 +446,77 @@ function readableFile() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Mesh values.
+
+const HOSTNAME_RE =
+  /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+
+/** `host:port`, `[v6]:port`; host is a DNS name, an IPv4 or an IPv6 literal. Returns a message or null. */
+export function checkHostPort(entry: string): string | null {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(entry);
+  if (!m)
+    return `malformed seed ${show(entry)}; expected host:port (e.g. 10.0.0.2:30001, gw-1.smg:30001, [::1]:30001)`;
+  const host = m[1] ?? m[2];
+  const portNum = Number(m[3]);
+  if (portNum < 1 || portNum > 65535) return `seed ${show(entry)}: port must be between 1 and 65535`;
+  if (m[1] !== undefined ? isIP(host) !== 6 : isIP(host) === 0 && !HOSTNAME_RE.test(host))
+    return `seed ${show(entry)}: ${show(host)} is not a host name or IP address`;
+  return null;
+}
+
+/** seeds: a list of `host:port`, each entry may itself be comma-separated */
+const seedList = z.preprocess(
+  (v) => {
+    const list = toList(v);
+    if (!Array.isArray(list)) return list;
+    return list
+      .flatMap((e) => (typeof e === 'string' ? e.split(',') : [e]))
+      .map((e) => (typeof e === 'string' ? e.trim() : e))
+      .filter((e) => e !== '');
+  },
+  z
+    .array(z.string({ error: (iss) => `must be a list of host:port, got ${show(iss.input)}` }))
+    .superRefine((list, ctx) => {
+      for (const e of list) {
+        const problem = checkHostPort(e);
+        if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
+      }
+    }),
+);
+
+/** cluster keys: base64 of 32 bytes each, primary first (more keys = accepted during a rotation) */
+const clusterKeys = z.preprocess(
+  (v) => {
+    const list = toList(v);
+    return Array.isArray(list) ? list.flatMap((e) => (typeof e === 'string' ? e.split(',') : [e])) : list;
+  },
+  z
+    .array(z.string({ error: (iss) => `must be base64 text, got ${show(iss.input)}` }))
+    .superRefine((list, ctx) => {
+      list.forEach((k, i) => {
+        try {
+          parseClusterKey(k);
+        } catch (err) {
+          ctx.addIssue({ code: 'custom', message: `key ${i + 1}: ${(err as Error).message}` });
+        }
+      });
+    }),
+);
+
+/** SWIM member names: printable, no ':' (SMG's rule), at most 64 bytes */
+const nodeName = z
+  .string({ error: (iss) => `must be a non-empty string, got ${show(iss.input)}` })
+  .regex(/^[A-Za-z0-9._-]{1,64}$/, {
+    error: (iss) => `must be 1-64 characters of A-Z a-z 0-9 . _ -, got ${show(iss.input)}`,
+  });
+
+const ipLiteral = z
+  .string({ error: (iss) => `must be an IP address, got ${show(iss.input)}` })
+  .refine((h) => isIP(h) !== 0, {
+    error: (iss) => `must be an IPv4 or IPv6 address, got ${show(iss.input)}`,
+  });
+
+// ---------------------------------------------------------------------------------------------
 // The schema: one key per flag, in SMG spelling without the leading `--`.
 
 const LAUNCH_SHAPE = {
@@ -532,6 +611,16 @@ const LAUNCH_SHAPE = {
   'tenant-header-name': HEADER_NAME_SINGLE.default(D['tenant-header-name']),
   'control-plane-api-keys': controlPlaneKeys.default(D['control-plane-api-keys']),
   'disable-audit-logging': bool().default(D['disable-audit-logging']),
+  // mesh
+  'ha-mesh': bool().default(D['ha-mesh']),
+  seeds: seedList.default(D.seeds),
+  'mesh-host': ipLiteral.optional(),
+  'mesh-advertise-host': ipLiteral.optional(),
+  'mesh-port': port().default(D['mesh-port']),
+  'mesh-node-name': nodeName.optional(),
+  'data-dir': text().optional(),
+  'mesh-cluster-key': clusterKeys.optional(),
+  'mesh-insecure': bool().default(D['mesh-insecure']),
 };
 
 export type LaunchKey = keyof typeof LAUNCH_SHAPE;
@@ -567,6 +656,46 @@ export const LaunchSchema = z.object(LAUNCH_SHAPE).superRefine((v, ctx) => {
       message: `must be >= --retry-initial-backoff-ms (${v['retry-initial-backoff-ms']})`,
     });
   }
+  if (v['ha-mesh'] && (v['mesh-port'] === v.port || v['mesh-port'] === v['prometheus-port'])) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['mesh-port'],
+      message: `must differ from --port and --prometheus-port (got ${v['mesh-port']})`,
+    });
+  }
+  if (v['ha-mesh']) {
+    const keyed = (v['mesh-cluster-key'] ?? []).length > 0;
+    const host = v['mesh-host'] ?? (keyed ? '0.0.0.0' : '127.0.0.1');
+    if (!keyed && !v['mesh-insecure'] && !isLoopback(host)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['mesh-host'],
+        message:
+          `${host} is not a loopback address and no --mesh-cluster-key (or SMG_MESH_CLUSTER_KEY) is set: ` +
+          'give a key (openssl rand -base64 32), or --mesh-insecure to run an unauthenticated mesh',
+      });
+    }
+    const adv = v['mesh-advertise-host'];
+    if (adv !== undefined && (adv === '0.0.0.0' || adv === '::')) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['mesh-advertise-host'],
+        message: `must be an address peers can reach, not ${adv}`,
+      });
+    }
+  } else {
+    for (const flag of [
+      'seeds',
+      'mesh-host',
+      'mesh-advertise-host',
+      'mesh-node-name',
+      'mesh-cluster-key',
+    ] as const) {
+      const val = v[flag];
+      if (val !== undefined && !(Array.isArray(val) && val.length === 0))
+        ctx.addIssue({ code: 'custom', path: [flag], message: 'needs --ha-mesh (or --enable-mesh)' });
+    }
+  }
   if (v['health-check-port'] !== undefined && v['health-check-port'] === v['prometheus-port']) {
     ctx.addIssue({
       code: 'custom',
@@ -580,7 +709,7 @@ export const LaunchSchema = z.object(LAUNCH_SHAPE).superRefine((v, ctx) => {
 // What the command line knows about each flag: how it takes values, and its help line.
 
 export type FlagGroup =
-  'Workers/server' | 'Routing' | 'Health' | 'Reliability' | 'Admission' | 'Auth' | 'Observability';
+  'Workers/server' | 'Routing' | 'Health' | 'Reliability' | 'Admission' | 'Auth' | 'Observability' | 'Mesh';
 
 export interface FlagInfo {
   group: FlagGroup;
@@ -600,6 +729,7 @@ const O: FlagGroup = 'Observability';
 const REL: FlagGroup = 'Reliability';
 const ADM: FlagGroup = 'Admission';
 const AUTH: FlagGroup = 'Auth';
+const MESH: FlagGroup = 'Mesh';
 
 export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
   host: { group: W, arity: 'value', placeholder: 'ADDR', help: 'bind address of the main listener' },
@@ -974,6 +1104,62 @@ export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
     help: 'admin-API keys, role admin or user (env CONTROL_PLANE_API_KEYS)',
   },
   'disable-audit-logging': { group: AUTH, arity: 'switch', help: 'no audit log line for admin calls' },
+  'ha-mesh': { group: MESH, arity: 'switch', help: 'join the HA mesh of peers (alias --enable-mesh)' },
+  seeds: {
+    group: MESH,
+    arity: 'list',
+    placeholder: 'HOST:PORT...',
+    defaultText: 'none',
+    help: 'peers to join through, DNS names allowed; all are retried with backoff (alias --mesh-peer-urls)',
+  },
+  'mesh-host': {
+    group: MESH,
+    arity: 'value',
+    placeholder: 'IP',
+    defaultText: '0.0.0.0 with a cluster key, else 127.0.0.1',
+    help: 'bind address of the mesh (UDP for SWIM, TCP for libp2p)',
+  },
+  'mesh-advertise-host': {
+    group: MESH,
+    arity: 'value',
+    placeholder: 'IP',
+    defaultText: 'bind address, or the first non-loopback IPv4',
+    help: 'address peers are told to reach',
+  },
+  'mesh-port': { group: MESH, arity: 'value', placeholder: 'PORT', help: 'mesh port (UDP + TCP)' },
+  'mesh-node-name': {
+    group: MESH,
+    arity: 'value',
+    placeholder: 'NAME',
+    defaultText: '<hostname>-<mesh-port>',
+    help: 'stable node name (alias --mesh-server-name)',
+  },
+  'data-dir': {
+    group: MESH,
+    arity: 'value',
+    placeholder: 'DIR',
+    defaultText: './.smg/<node-name> with --ha-mesh, else none',
+    help: 'where the node keeps its SQLite state',
+  },
+  'mesh-cluster-key': {
+    group: MESH,
+    arity: 'list',
+    placeholder: 'BASE64...',
+    defaultText: 'unset (env SMG_MESH_CLUSTER_KEY)',
+    help: '32-byte key that encrypts the mesh; more keys are accepted during a rotation (primary first)',
+  },
+  'mesh-insecure': {
+    group: MESH,
+    arity: 'switch',
+    help: 'allow an unauthenticated mesh on a non-loopback address',
+  },
+};
+
+/** SMG's spellings of our flags */
+export const FLAG_ALIASES: Readonly<Record<string, LaunchKey>> = {
+  'enable-mesh': 'ha-mesh',
+  'mesh-peer-urls': 'seeds',
+  'mesh-server-name': 'mesh-node-name',
 };
 
 /** flags that are not launch settings */
@@ -1066,9 +1252,9 @@ function scanArgv(argv: readonly string[]): ScannedArgv {
     }
     if (!token.startsWith('--')) throw new ConfigError(`unknown flag ${token}`);
     const eq = token.indexOf('=');
-    const name = eq < 0 ? token.slice(2) : token.slice(2, eq);
+    const spelled = eq < 0 ? token.slice(2) : token.slice(2, eq);
     const inline = eq < 0 ? undefined : token.slice(eq + 1);
-    const flag = `--${name}`;
+    const flag = `--${spelled}`;
 
     const takeOne = (): string => {
       if (inline !== undefined) {
@@ -1081,11 +1267,12 @@ function scanArgv(argv: readonly string[]): ScannedArgv {
       return next;
     };
 
-    if (name === 'config') {
+    if (spelled === 'config') {
       if (out.config !== undefined) throw new ConfigError('--config: given more than once');
       out.config = takeOne();
       continue;
     }
+    const name = Object.hasOwn(FLAG_ALIASES, spelled) ? FLAG_ALIASES[spelled] : spelled;
     if (!isLaunchKey(name)) {
       const s = suggest(name);
       throw new ConfigError(`unknown flag ${flag}${s === undefined ? '' : ` (did you mean --${s}?)`}`);
@@ -1098,7 +1285,10 @@ function scanArgv(argv: readonly string[]): ScannedArgv {
       out.values.set(name, Array.isArray(prior) ? [...prior, ...values] : values);
       continue;
     }
-    if (out.values.has(name)) throw new ConfigError(`${flag}: given more than once`);
+    if (out.values.has(name))
+      throw new ConfigError(
+        `${flag}: given more than once${spelled !== name ? ` (--${spelled} is --${name})` : ''}`,
+      );
     if (arity === 'switch') {
       if (inline === '')
         throw new ConfigError(`${flag}: missing value after "="; use ${flag} or ${flag}=false`);
@@ -1178,7 +1368,8 @@ export function loadConfigFile(path: string): Map<LaunchKey, unknown> {
   const out = new Map<LaunchKey, unknown>();
   const spelledAs = new Map<LaunchKey, string>();
   for (const [key, value] of Object.entries(doc)) {
-    const name = key.replace(/_/g, '-');
+    const dashed = key.replace(/_/g, '-');
+    const name = Object.hasOwn(FLAG_ALIASES, dashed) ? FLAG_ALIASES[dashed] : dashed;
     if (!isLaunchKey(name)) {
       const s = suggest(key);
       const hint =
@@ -1348,5 +1539,37 @@ export function parseLaunchArgs(argv: string[], env: NodeJS.ProcessEnv = process
       disableAuditLogging: v['disable-audit-logging'],
     },
     tracing: { enabled: v['enable-trace'], otlpTracesEndpoint: v['otlp-traces-endpoint'] },
+    mesh: meshConfig(v),
   };
+}
+
+function meshConfig(v: z.infer<typeof LaunchSchema>): MeshConfig {
+  const keys = v['mesh-cluster-key'] ?? [];
+  const nodeName = v['mesh-node-name'] ?? defaultNodeName(v['mesh-port']);
+  const dataDir = v['data-dir'] ?? (v['ha-mesh'] ? join('.smg', nodeName) : undefined);
+  return {
+    enabled: v['ha-mesh'],
+    seeds: [...v.seeds],
+    host: v['mesh-host'] ?? (keys.length > 0 ? '0.0.0.0' : '127.0.0.1'),
+    ...(v['mesh-advertise-host'] !== undefined && { advertiseHost: v['mesh-advertise-host'] }),
+    port: v['mesh-port'],
+    nodeName,
+    ...(dataDir !== undefined && { dataDir }),
+    clusterKeys: keys.map((k) => k.trim()),
+    insecure: v['mesh-insecure'],
+  };
+}
+
+/** `<hostname>-<mesh port>`: stable across restarts (so is the default data dir), unique per host */
+function defaultNodeName(meshPort: number): string {
+  const host =
+    hostname()
+      .split('.')[0]
+      .replace(/[^A-Za-z0-9_-]/g, '-')
+      .slice(0, 50) || 'smg';
+  return `${host}-${meshPort}`;
+}
+
+export function isLoopback(host: string): boolean {
+  return host === '::1' || /^127\./.test(host);
 }

@@ -14,6 +14,7 @@ const GROUPS: readonly FlagGroup[] = [
   'Admission',
   'Auth',
   'Observability',
+  'Mesh',
 ];
 
 function label(name: string, info: Pick<FlagInfo, 'arity' | 'placeholder'>): string {
