@@ -15,9 +15,18 @@ import type { StateEvent } from './events.js';
 import { HlcClock, type Hlc } from './hlc.js';
 import { LoadView } from './load-view.js';
 import { RateLimitUsage } from './rate-limit.js';
+import { RegistryDoc, actorIdFor, type RegistryDocDiff } from './registry-doc.js';
 import { WorkerRegistry } from './registry.js';
 
 export type AppliedListener = (ev: StateEvent, changed: boolean) => void;
+
+/**
+ * Where registry changes came from: `local` (an admin write on this node: store, then gossip),
+ * `remote` (gossip or a sync session: store only).
+ */
+export type RegistrySource = 'local' | 'remote';
+export type RegistryChangesListener = (changes: Uint8Array[], source: RegistrySource) => void;
+export type RegistryDiffListener = (diff: RegistryDocDiff) => void;
 
 export interface ReplicaOptions {
   nodeId: string;
@@ -27,6 +36,8 @@ export interface ReplicaOptions {
   cacheBlocksPerWorker?: number;
   /** rate-limit usage window (60 s: limits are per minute) */
   rateLimitWindowMs?: number;
+  /** the registry document (restored from the store); default: a fresh one for incarnation 0 */
+  registryDoc?: RegistryDoc;
 }
 
 export class Replica {
@@ -36,7 +47,14 @@ export class Replica {
   readonly load: LoadView;
   readonly cache: CacheIndex;
   readonly rateLimits: RateLimitUsage;
+  /**
+   * Workers, per-model policies and config as an Automerge document: the source of truth of the
+   * registry. Its changes feed `registry` (the routing view) through worker.upsert/remove events.
+   */
+  readonly doc: RegistryDoc;
   private readonly listeners: AppliedListener[] = [];
+  private readonly registryListeners: RegistryChangesListener[] = [];
+  private readonly diffListeners: RegistryDiffListener[] = [];
 
   constructor(opts: ReplicaOptions) {
     this.nodeId = opts.nodeId;
@@ -44,14 +62,74 @@ export class Replica {
     this.load = new LoadView(opts.nodeId);
     this.cache = new CacheIndex(opts.cacheBlocksPerWorker);
     this.rateLimits = new RateLimitUsage(opts.nodeId, { windowMs: opts.rateLimitWindowMs, now: opts.now });
+    this.doc = opts.registryDoc ?? RegistryDoc.create(actorIdFor(opts.nodeId, 0));
+    this.doc.onChange((diff) => this.onDocChange(diff));
+    // a document restored from disk: its workers are the registry before any peer answers
+    const restored = this.doc.workers();
+    if (restored.size > 0 || this.doc.removed().size > 0)
+      this.onDocChange({
+        upserted: [...restored.keys()],
+        removed: [...this.doc.removed()],
+        policiesChanged: true,
+        configChanged: true,
+      });
+  }
+
+  /** registry change bytes, local or remote, in the order they entered the document */
+  onRegistryChanges(listener: RegistryChangesListener): () => void {
+    return subscribe(this.registryListeners, listener);
+  }
+
+  /** what moved in the registry document (workers, policies, config) after any change */
+  onRegistryDiff(listener: RegistryDiffListener): () => void {
+    return subscribe(this.diffListeners, listener);
+  }
+
+  /**
+   * A local registry write: `write` mutates the document (e.g. `(d) => d.upsertWorker(id, spec)`) and
+   * returns its change bytes; the views update at once, then listeners store and gossip the changes.
+   */
+  writeRegistry(write: (doc: RegistryDoc) => Uint8Array[]): Uint8Array[] {
+    const changes = write(this.doc);
+    if (changes.length > 0) for (const l of this.registryListeners) l(changes, 'local');
+    return changes;
+  }
+
+  /** registry changes from a peer (gossip); throws RegistryDocError on malformed bytes, doc intact */
+  applyRegistryChanges(changes: Uint8Array[]): boolean {
+    return this.mutateRemote(() => this.doc.applyChanges(changes).changed);
+  }
+
+  /** one Automerge sync message from `peer`; the changes it carried are reported as `remote` */
+  receiveRegistrySync(peer: string, msg: Uint8Array): boolean {
+    return this.mutateRemote(() => this.doc.receiveSyncMessage(peer, msg).changed);
+  }
+
+  private mutateRemote(fn: () => boolean): boolean {
+    const before = this.doc.heads();
+    const changed = fn();
+    if (this.registryListeners.length > 0) {
+      const heads = this.doc.heads();
+      if (heads.length !== before.length || heads.some((h, i) => h !== before[i])) {
+        const added = this.doc.getChangesSince(before);
+        if (added.length > 0) for (const l of this.registryListeners) l(added, 'remote');
+      }
+    }
+    return changed;
+  }
+
+  private onDocChange(diff: RegistryDocDiff): void {
+    const specs = this.doc.workers();
+    for (const id of diff.upserted) {
+      const spec = specs.get(id);
+      if (spec) this.apply({ kind: 'worker.upsert', id, spec, hlc: this.tick() });
+    }
+    for (const id of diff.removed) this.apply({ kind: 'worker.remove', id, hlc: this.tick() });
+    for (const l of this.diffListeners) l(diff);
   }
 
   onApplied(listener: AppliedListener): () => void {
-    this.listeners.push(listener);
-    return () => {
-      const i = this.listeners.indexOf(listener);
-      if (i >= 0) this.listeners.splice(i, 1);
-    };
+    return subscribe(this.listeners, listener);
   }
 
   /** a timestamp for a local event */
@@ -103,4 +181,12 @@ export class Replica {
         return this.rateLimits.apply(ev);
     }
   }
+}
+
+function subscribe<T>(list: T[], listener: T): () => void {
+  list.push(listener);
+  return () => {
+    const i = list.indexOf(listener);
+    if (i >= 0) list.splice(i, 1);
+  };
 }

@@ -27,6 +27,8 @@ export interface JobStatus {
 
 interface Runtime {
   id: string;
+  /** the spec last seen in the registry (a change from any peer re-arms probes and polls) */
+  spec: WorkerSpec;
   health: HealthState;
   timer?: NodeJS.Timeout;
   loadTimer?: NodeJS.Timeout;
@@ -53,7 +55,14 @@ export class WorkerManager {
   private readonly runtimes = new Map<string, Runtime>();
   private closed = false;
 
-  constructor(private readonly o: WorkerManagerOptions) {}
+  constructor(private readonly o: WorkerManagerOptions) {
+    // the registry is replicated: workers registered, changed or removed on any peer arrive here
+    o.replica.onApplied((ev, changed) => {
+      if (!changed || this.closed) return;
+      if (ev.kind === 'worker.upsert') this.onUpsert(ev.id, ev.spec);
+      else if (ev.kind === 'worker.remove') this.onRemoved(ev.id);
+    });
+  }
 
   jobStatus(id: string): JobStatus | undefined {
     return this.runtimes.get(id)?.job;
@@ -63,8 +72,17 @@ export class WorkerManager {
   register(spec: WorkerSpec): string {
     if (this.o.replica.registry.getByUrl(spec.url)) throw errors.workerExists(spec.url);
     const id = randomUUID();
+    this.start(id, spec);
+    this.upsert(id, spec);
+    this.o.logger.info({ worker_id: id, url: spec.url }, 'worker registered');
+    return id;
+  }
+
+  /** probing, discovery and load polls for a worker this node has no runtime for yet */
+  private start(id: string, spec: WorkerSpec): Runtime {
     const rt: Runtime = {
       id,
+      spec,
       health: initialHealth(),
       job: { state: 'running', message: 'discovering models' },
       modelsDiscovered: spec.models.length > 0,
@@ -72,17 +90,77 @@ export class WorkerManager {
       stopped: false,
     };
     this.runtimes.set(id, rt);
-    this.upsert(id, spec);
     const disabled = this.healthDisabled(spec);
-    if (disabled) this.setStatus(rt, 'ready');
-    void this.discover(rt).finally(() => {
+    // deferred: the registry entry may be written right after (register) or is being applied now
+    queueMicrotask(() => {
       if (rt.stopped) return;
-      if (rt.job.state === 'running') rt.job = { state: 'completed', message: 'registered' };
+      if (disabled) this.setStatus(rt, 'ready');
+      void this.discover(rt).finally(() => {
+        if (rt.stopped) return;
+        if (rt.job.state === 'running') rt.job = { state: 'completed', message: 'registered' };
+      });
+      if (!disabled) this.scheduleProbe(rt, 0);
+      this.scheduleLoadPoll(rt);
     });
-    if (!disabled) this.scheduleProbe(rt, 0);
-    this.scheduleLoadPoll(rt);
-    this.o.logger.info({ worker_id: id, url: spec.url }, 'worker registered');
-    return id;
+    return rt;
+  }
+
+  /** a worker written to the registry here or by a peer */
+  private onUpsert(id: string, spec: WorkerSpec): void {
+    const rt = this.runtimes.get(id);
+    if (!rt) {
+      if (this.dropDuplicate(id, spec)) return;
+      this.start(id, spec);
+      this.o.logger.info({ worker_id: id, url: spec.url }, 'worker registered by a peer');
+      return;
+    }
+    if (rt.spec === spec || rt.stopped) return;
+    const before = rt.spec;
+    rt.spec = spec;
+    // the document hands back a parsed copy of what this node wrote: only a real change re-arms
+    if (JSON.stringify(before) !== JSON.stringify(spec)) this.rearm(rt, before, spec);
+  }
+
+  /**
+   * Two peers registered the same URL at the same time under different ids: every peer keeps the
+   * smaller id and tombstones the other, so all converge on one worker per URL.
+   */
+  private dropDuplicate(id: string, spec: WorkerSpec): boolean {
+    const twins = this.o.replica.registry.list().filter((w) => w.url === spec.url && w.id !== id);
+    if (twins.length === 0) return false;
+    const keep = [id, ...twins.map((w) => w.id)].sort()[0];
+    for (const loser of [id, ...twins.map((w) => w.id)]) {
+      if (loser === keep) continue;
+      this.o.logger.warn({ worker_id: loser, kept: keep, url: spec.url }, 'duplicate registration of a URL');
+      const rt = this.runtimes.get(loser);
+      if (rt) this.stopRuntime(rt);
+      this.o.replica.writeRegistry((d) => d.removeWorker(loser));
+    }
+    return keep !== id;
+  }
+
+  /** removed by a peer (or by this node's own removal, already stopped) */
+  private onRemoved(id: string): void {
+    const rt = this.runtimes.get(id);
+    if (!rt) return;
+    this.stopRuntime(rt);
+    this.o.logger.info({ worker_id: id, url: rt.spec.url }, 'worker removed by a peer');
+    this.closePoolIfUnused(rt.spec.url);
+  }
+
+  private stopRuntime(rt: Runtime): void {
+    rt.stopped = true;
+    this.stopTimers(rt);
+    if (rt.drainTimer) clearTimeout(rt.drainTimer);
+    this.runtimes.delete(rt.id);
+  }
+
+  private closePoolIfUnused(url: string): void {
+    const { origin } = splitWorkerUrl(url);
+    // close the pool once no other worker shares the origin; in-flight requests finish first
+    if (!this.o.replica.registry.list().some((w) => splitWorkerUrl(w.url).origin === origin)) {
+      void this.o.pools.close(origin);
+    }
   }
 
   /** PUT: full replacement, same URL */
@@ -94,7 +172,6 @@ export class WorkerManager {
     if (spec.models.length === 0 && cur.models.length > 0 && rt.modelsDiscovered)
       spec = { ...spec, models: [...cur.models] };
     this.upsert(id, spec);
-    this.rearm(rt, cur.spec, spec);
   }
 
   patch(id: string, patch: WorkerPatch): void {
@@ -110,7 +187,6 @@ export class WorkerManager {
       ...(patch.health !== undefined ? { health: { ...cur.spec.health, ...patch.health } } : {}),
     };
     this.upsert(id, spec);
-    this.rearm(rt, cur.spec, spec);
   }
 
   /** DELETE: drain for drain_settle_secs, then remove */
@@ -138,24 +214,16 @@ export class WorkerManager {
   private finishRemoval(id: string): void {
     const rt = this.runtimes.get(id);
     const cur = this.o.replica.registry.get(id);
-    if (rt) {
-      rt.stopped = true;
-      this.stopTimers(rt);
-    }
-    this.runtimes.delete(id);
-    this.o.replica.apply({ kind: 'worker.remove', id, hlc: this.o.replica.tick() });
-    if (cur) {
-      const { origin } = splitWorkerUrl(cur.url);
-      // close the pool once no other worker shares the origin; in-flight requests finish first
-      if (!this.o.replica.registry.list().some((w) => splitWorkerUrl(w.url).origin === origin)) {
-        void this.o.pools.close(origin);
-      }
-    }
+    if (rt) this.stopRuntime(rt);
+    this.o.replica.writeRegistry((d) => d.removeWorker(id));
+    if (cur) this.closePoolIfUnused(cur.url);
     this.o.logger.info({ worker_id: id, url: cur?.url }, 'worker removed');
   }
 
+  /** writes the spec to the replicated registry; the view and every peer follow */
   private upsert(id: string, spec: WorkerSpec): void {
-    this.o.replica.apply({ kind: 'worker.upsert', id, spec, hlc: this.o.replica.tick() });
+    if (this.o.replica.doc.isRemoved(id)) return; // removed meanwhile (e.g. by a peer)
+    this.o.replica.writeRegistry((d) => d.upsertWorker(id, spec));
   }
 
   private setStatus(rt: Runtime, status: WorkerStatus): void {
