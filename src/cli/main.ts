@@ -102,6 +102,7 @@ process.on('unhandledRejection', (reason) => {
 main(process.argv.slice(2)).catch((err: unknown) => {
   const e = err as NodeJS.ErrnoException;
   if (e?.code === 'EADDRINUSE') process.stderr.write(`smg: address already in use: ${e.message}\n`);
+  else if (e?.name === 'StoreError') process.stderr.write(`smg: ${e.message}\n`);
   else process.stderr.write(`smg: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exit(1);
 });

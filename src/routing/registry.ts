@@ -33,6 +33,8 @@ export interface PolicyRegistryOptions {
   params: PolicyParams;
   ctx: RoutingContext;
   routingKeyOverride: boolean;
+  /** a model's policy set cluster-wide (`PUT /mesh/policies/{model}`); wins over worker labels */
+  modelPolicy?: (model: string) => PolicyName | undefined;
 }
 
 interface ModelEntry {
@@ -50,7 +52,7 @@ export class PolicyRegistry {
 
   /** the model's policy for this worker list, created or replaced as the `policy` label says */
   policyFor(model: string, workers: readonly WorkerView[]): RoutingPolicy {
-    const name = this.wanted(workers);
+    const name = this.wantedFor(model, workers);
     const cur = this.entries.get(model);
     if (cur && cur.name === name) return cur.policy;
     const policy = createPolicy(name, this.opts.params, this.opts.ctx);
@@ -98,7 +100,7 @@ export class PolicyRegistry {
       this.entries.delete(model);
       return;
     }
-    if (this.wanted(workers) !== cur.name) {
+    if (this.wantedFor(model, workers) !== cur.name) {
       this.policyFor(model, workers);
       return;
     }
@@ -130,6 +132,27 @@ export class PolicyRegistry {
     let n = this.override?.size() ?? 0;
     for (const { policy } of this.entries.values()) if (policy instanceof ManualPolicy) n += policy.size();
     return n;
+  }
+
+  /** the model's cluster-wide policy, else what its workers ask for */
+  private wantedFor(model: string, workers: readonly WorkerView[]): PolicyName {
+    return this.opts.modelPolicy?.(model) ?? this.wanted(workers);
+  }
+
+  /**
+   * The model's policy as it would be chosen now and where that choice comes from, for
+   * `/mesh/policies`; undefined for a model without an instance.
+   */
+  describe(model: string): { policy: PolicyName; source: 'mesh' | 'label' | 'default' } | undefined {
+    const cur = this.entries.get(model);
+    if (!cur) return undefined;
+    const source =
+      this.opts.modelPolicy?.(model) !== undefined
+        ? 'mesh'
+        : cur.name !== this.opts.defaultPolicy
+          ? 'label'
+          : 'default';
+    return { policy: cur.name, source };
   }
 
   /** the policy a worker list asks for: the first valid `policy` label by URL order, else the default */

@@ -19,6 +19,7 @@ import type { Admission } from './admission/index.js';
 import { controlPlaneHook, isControlPlaneRoute, type Auth } from './auth.js';
 import { registerEngineMetricsRoute } from './engine-metrics.js';
 import { registerAdminRoutes } from './admin-routes.js';
+import { registerMeshRoutes, type MeshRouteDeps } from './mesh-routes.js';
 import { makeErrorHandler } from './error-handler.js';
 import { createInferenceFastPath, recordHttpOutcome, type InflightCounter } from './proxy.js';
 import { makeRequestIdGenerator } from './request-id.js';
@@ -40,6 +41,7 @@ export interface AppDeps {
   tracing: Tracing | undefined;
   breakers: WorkerBreakers;
   budget: RetryBudget;
+  meshDeps: MeshRouteDeps;
 }
 
 /** CORS (`--cors-allowed-origins`; empty = any origin) */
@@ -156,6 +158,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     lifecycle: deps.lifecycle,
   });
   registerAdminRoutes(app, { replica: deps.replica, manager: deps.manager, pools: deps.pools });
+  registerMeshRoutes(app, deps.meshDeps);
   registerEngineMetricsRoute(app, {
     replica: deps.replica,
     pools: deps.pools,

@@ -28,12 +28,18 @@ import { buildApp } from './app.js';
 import { inflightStarts, type InflightCounter } from './forward.js';
 import type { Lifecycle } from './utility-routes.js';
 import { WorkerSelection } from './worker-selection.js';
+import { registerMeshMetrics } from '../../mesh/metrics.js';
+import type { MeshRuntime } from '../../mesh/runtime.js';
+import { openNodeState, persistReplica, type NodeState } from '../../store/persistence.js';
+import { isPolicyName } from '../routing/factory.js';
 
 const LOAD_AWARE: ReadonlySet<string> = new Set<PolicyName>(['power_of_two', 'least_load']);
 
 export interface Gateway {
   readonly app: FastifyInstance;
   readonly replica: Replica;
+  /** the HA mesh, when started with --ha-mesh */
+  readonly mesh?: MeshRuntime;
   readonly metrics: Metrics;
   readonly logger: Logger;
   /** http://host:port of the API listener */
@@ -74,11 +80,35 @@ export function settleMsFor(cfg: Pick<Config, 'shutdownGracePeriodSecs'>): numbe
 export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Promise<Gateway> {
   const graceMs = cfg.shutdownGracePeriodSecs * 1000;
   const logger = opts.logger ?? createLogger({ level: cfg.logLevel, json: cfg.logJson, dir: cfg.logDir });
-  const nodeId = opts.nodeId ?? `${os.hostname()}-${randomBytes(3).toString('hex')}`;
+  // the data dir first: a bad, foreign or locked state file stops start-up before anything listens
+  const state: NodeState | undefined =
+    cfg.mesh.dataDir !== undefined
+      ? openNodeState(cfg.mesh.dataDir, { nodeName: cfg.mesh.nodeName, logger })
+      : undefined;
+  const nodeId = state?.nodeId ?? opts.nodeId ?? `${os.hostname()}-${randomBytes(3).toString('hex')}`;
   const metrics = new Metrics(cfg.prometheusDurationBuckets ?? SMG_DURATION_BUCKETS);
   const replica = new Replica({
     nodeId,
     cacheBlocksPerWorker: Math.max(1, Math.floor(cfg.policyParams.maxTreeSize / cfg.prefixBlockChars)),
+    ...(state && { registryDoc: state.doc, hlcHighWater: state.hlcHighWater }),
+  });
+  // every registry change is committed to the store before it can be gossiped
+  const stopPersist = state ? persistReplica(state.store, replica) : undefined;
+  if (state)
+    logger.info(
+      {
+        data_dir: cfg.mesh.dataDir,
+        node_id: nodeId,
+        incarnation: state.incarnation,
+        workers: replica.registry.list().length,
+        changes_replayed: state.restoredChanges,
+      },
+      'state restored',
+    );
+  let mesh: MeshRuntime | undefined;
+  const meshMetrics = registerMeshMetrics(metrics.registry, {
+    runtime: () => mesh,
+    store: () => state?.store,
   });
   const pools = new UpstreamPools({
     requestTimeoutMs: cfg.requestTimeoutSecs * 1000,
@@ -106,6 +136,10 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     params: cfg.policyParams,
     ctx,
     routingKeyOverride: cfg.routingKeyOverride,
+    modelPolicy: (model) => {
+      const p = replica.doc.policies().get(model)?.policy;
+      return p !== undefined && isPolicyName(p) ? p : undefined;
+    },
   });
   const selection = new WorkerSelection(replica, policies, cfg);
   const manager = new WorkerManager({
@@ -117,6 +151,8 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     loadMonitorIntervalSecs: cfg.loadMonitorIntervalSecs,
     wantsEngineLoads: (spec) => LOAD_AWARE.has(spec.labels.policy ?? cfg.policy),
   });
+  // workers restored from the data dir get probes and load polls like fresh ones
+  manager.adoptExisting();
   const lifecycle: Lifecycle = { draining: false };
   const inflight: InflightCounter = { proxied: 0, head: undefined };
   // bad keys or admission files stop start-up here, before anything listens
@@ -156,6 +192,12 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     tracing,
     breakers,
     budget,
+    meshDeps: {
+      replica,
+      policies,
+      mesh: () => mesh,
+      storeHealthy: () => (state ? state.store.lastError() === undefined : true),
+    },
   });
   const runtime = startRuntimeMetrics(metrics, {
     inflightStartTimes: () => inflightStarts(inflight),
@@ -206,7 +248,31 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
       const probe = await startProbeServer(app, cfg.host, cfg.healthCheckPort);
       closers.push(() => new Promise<void>((r) => probe.close(() => r())));
     }
+    // the mesh joins after the node serves: it routes from its restored state meanwhile
+    if (cfg.mesh.enabled) {
+      // libp2p loads only when the mesh is on
+      const { MeshRuntime } = await import('../../mesh/runtime.js');
+      const { generateLibp2pKey } = await import('../../mesh/gossip/node.js');
+      let key = state?.libp2pKey;
+      if (!key) {
+        key = await generateLibp2pKey();
+        state?.store.setLibp2pKey(key);
+        state?.store.flush();
+      }
+      mesh = await MeshRuntime.start({
+        cfg: cfg.mesh,
+        replica,
+        logger,
+        libp2pKey: key,
+        incarnation: state?.incarnation ?? 0,
+        ...(state && { store: state.store }),
+      });
+      meshMetrics.attach(mesh);
+    }
   } catch (err) {
+    await mesh?.close().catch(() => undefined);
+    stopPersist?.();
+    state?.store.close();
     clearInterval(maintenance);
     runtime.stop();
     breakers.close();
@@ -228,6 +294,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
   return {
     app,
     replica,
+    ...(mesh && { mesh }),
     metrics,
     logger,
     url,
@@ -235,6 +302,10 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     close(settleMs = 0) {
       closing ??= (async () => {
         lifecycle.draining = true;
+        // peers learn at once that this node is leaving (state `left`, not `dead`)
+        const left = mesh?.leave().catch((err: unknown) => {
+          logger.warn({ err: (err as Error).message }, 'mesh leave failed');
+        });
         // SMG §5.7: readiness answers 503 `draining` at once, but the listener keeps accepting for
         // the settle time so load balancers notice before connections are refused
         if (settleMs > 0) {
@@ -251,6 +322,9 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
         logger.debug('closing upstream pools');
         await pools.closeAll();
         await tracing?.shutdown().catch(() => undefined);
+        await left;
+        stopPersist?.();
+        state?.store.close();
         logger.debug('gateway closed');
       })();
       return closing;

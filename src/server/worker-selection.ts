@@ -27,6 +27,10 @@ export class WorkerSelection {
     replica.onApplied((ev, changed) => {
       if (changed && (ev.kind === 'worker.upsert' || ev.kind === 'worker.remove')) this.refreshPolicies();
     });
+    // a model's policy set cluster-wide (on any peer) replaces its instance here
+    replica.onRegistryDiff((diff) => {
+      if (diff.policiesChanged) this.refreshPolicies();
+    });
   }
 
   resolveModel(raw: unknown): string {

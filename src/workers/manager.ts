@@ -68,6 +68,11 @@ export class WorkerManager {
     return this.runtimes.get(id)?.job;
   }
 
+  /** starts probes and polls for every worker already in the registry (restored from the data dir) */
+  adoptExisting(): void {
+    for (const w of this.o.replica.registry.list()) if (!this.runtimes.has(w.id)) this.onUpsert(w.id, w.spec);
+  }
+
   /** registers a worker; throws SmgError 409 when its URL is already registered */
   register(spec: WorkerSpec): string {
     if (this.o.replica.registry.getByUrl(spec.url)) throw errors.workerExists(spec.url);

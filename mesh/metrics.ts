@@ -1,0 +1,206 @@
+/**
+ * `smg_mesh_*` Prometheus families. Counters live in the SWIM node, the UDP transport, the gossip
+ * node and the runtime; these families read them at scrape time, so nothing on the packet path
+ * touches prom-client. Probe RTT and apply lag are histograms fed as they happen.
+ */
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { NodeStore } from '../store/node-store.js';
+import type { MeshRuntime } from './runtime.js';
+
+const RTT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
+const LAG_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const STATES = ['alive', 'suspect', 'dead', 'left'] as const;
+
+/** sets a counter to an absolute value read from elsewhere (scrape-time collection) */
+function setCounter(c: Counter<string>, labels: Record<string, string>, value: number): void {
+  c.remove(labels);
+  c.inc(labels, value);
+}
+
+export interface MeshMetricsSource {
+  runtime(): MeshRuntime | undefined;
+  store(): NodeStore | undefined;
+}
+
+export interface MeshMetrics {
+  /** feeds the event-driven histograms (probe RTT, apply lag) of a started runtime */
+  attach(rt: MeshRuntime): void;
+}
+
+export function registerMeshMetrics(registry: Registry, src: MeshMetricsSource): MeshMetrics {
+  const registers = [registry];
+  new Gauge({
+    name: 'smg_mesh_members',
+    help: 'Mesh members this node knows, by SWIM state (itself included)',
+    labelNames: ['state'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      const by = rt.counters().swim.members;
+      for (const s of STATES) this.set({ state: s }, by[s]);
+    },
+  });
+  new Gauge({
+    name: 'smg_mesh_joined',
+    help: '1 once this node has joined a mesh (or another member joined it)',
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (rt) this.set(rt.hasJoined ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'smg_mesh_health_score',
+    help: 'Lifeguard local health multiplier (0 = healthy; probes slow down as it grows)',
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (rt) this.set(rt.counters().swim.healthScore);
+    },
+  });
+  const rtt = new Histogram({
+    name: 'smg_mesh_probe_rtt_seconds',
+    help: 'Round-trip time of successful SWIM probes',
+    buckets: RTT_BUCKETS,
+    registers,
+  });
+  const lag = new Histogram({
+    name: 'smg_mesh_apply_lag_seconds',
+    help: 'Delay from a registry change being published by a peer to it being applied here',
+    buckets: LAG_BUCKETS,
+    registers,
+  });
+  new Counter({
+    name: 'smg_mesh_suspicions_total',
+    help: 'Members this node suspected (raised), suspects seen refuting, and its own refutations (self)',
+    labelNames: ['outcome'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      const s = rt.counters().swim;
+      setCounter(this, { outcome: 'raised' }, s.suspicionsRaised);
+      setCounter(this, { outcome: 'refuted' }, s.suspicionsRefuted);
+      setCounter(this, { outcome: 'self' }, s.selfRefutations);
+      setCounter(this, { outcome: 'declared_dead' }, s.declaredDead);
+    },
+  });
+  new Counter({
+    name: 'smg_mesh_probes_total',
+    help: 'SWIM probes sent, by result',
+    labelNames: ['result'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      const s = rt.counters().swim;
+      setCounter(this, { result: 'ok' }, s.probes - s.probesFailed);
+      setCounter(this, { result: 'failed' }, s.probesFailed);
+    },
+  });
+  new Counter({
+    name: 'smg_mesh_messages_total',
+    help: 'Mesh messages by topic (swim = UDP datagrams) and direction',
+    labelNames: ['topic', 'direction'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      const c = rt.counters();
+      setCounter(this, { topic: 'swim', direction: 'in' }, c.udp.packetsIn);
+      setCounter(this, { topic: 'swim', direction: 'out' }, c.udp.packetsOut);
+      for (const [topic, t] of Object.entries(c.gossip.topics)) {
+        setCounter(this, { topic, direction: 'in' }, t.messagesIn);
+        setCounter(this, { topic, direction: 'out' }, t.messagesOut);
+      }
+    },
+  });
+  new Counter({
+    name: 'smg_mesh_bytes_total',
+    help: 'Mesh payload bytes by topic (swim = UDP datagrams) and direction',
+    labelNames: ['topic', 'direction'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      const c = rt.counters();
+      setCounter(this, { topic: 'swim', direction: 'in' }, c.udp.bytesIn);
+      setCounter(this, { topic: 'swim', direction: 'out' }, c.udp.bytesOut);
+      for (const [topic, t] of Object.entries(c.gossip.topics)) {
+        setCounter(this, { topic, direction: 'in' }, t.bytesIn);
+        setCounter(this, { topic, direction: 'out' }, t.bytesOut);
+      }
+    },
+  });
+  new Counter({
+    name: 'smg_mesh_dropped_packets_total',
+    help: 'Mesh input dropped, by reason (auth, replay, malformed, oversized, unknown_sender, handler_error)',
+    labelNames: ['transport', 'reason'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      const c = rt.counters();
+      const udp: Record<string, number> = { ...c.udp.dropped };
+      // the SWIM layer's own drops (e.g. unknown_sender, undecodable payloads) come on top
+      for (const [reason, n] of Object.entries(c.swim.dropped))
+        udp[reason] = Math.max(udp[reason] ?? 0, 0) + n;
+      for (const [reason, n] of Object.entries(udp)) setCounter(this, { transport: 'udp', reason }, n);
+      for (const [reason, n] of Object.entries(c.gossip.dropped))
+        setCounter(this, { transport: 'gossip', reason }, n);
+      setCounter(this, { transport: 'gossip', reason: 'rejected_change' }, c.registryRejected);
+    },
+  });
+  new Counter({
+    name: 'smg_mesh_sync_sessions_total',
+    help: 'Registry anti-entropy (Automerge sync) sessions, by result',
+    labelNames: ['result'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      const s = rt.counters().sync;
+      setCounter(this, { result: 'ok' }, s.ok);
+      setCounter(this, { result: 'failed' }, s.failed);
+      setCounter(this, { result: 'repaired' }, s.changed);
+    },
+  });
+  new Gauge({
+    name: 'smg_mesh_peers_connected',
+    help: 'libp2p connections to mesh members',
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (rt) this.set(rt.counters().gossip.peersConnected);
+    },
+  });
+  new Gauge({
+    name: 'smg_mesh_store_size_bytes',
+    help: "Size of this node's SQLite state (database + WAL)",
+    registers,
+    collect() {
+      const store = src.store();
+      if (!store) return;
+      try {
+        this.set(store.sizeBytes());
+      } catch {
+        // closed
+      }
+    },
+  });
+  new Gauge({
+    name: 'smg_mesh_enabled',
+    help: '1 when this node runs the HA mesh',
+    registers,
+    collect() {
+      this.set(src.runtime() ? 1 : 0);
+    },
+  });
+  return {
+    attach(rt) {
+      rt.swim.onProbeRtt((ms) => rtt.observe(ms / 1000));
+      rt.onApplyLag((s) => lag.observe(s));
+    },
+  };
+}

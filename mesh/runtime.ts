@@ -1,0 +1,454 @@
+/**
+ * One gateway node's place in the mesh: SWIM membership over UDP, libp2p gossip over TCP on the
+ * same port number, the registry topic and its anti-entropy sessions, joining through seeds.
+ *
+ *   SWIM alive/suspect member ──► gossip.connect(its libp2p id, address)   (from member metadata)
+ *   SWIM dead/left member     ──► gossip.hangUp, sync state forgotten
+ *   libp2p connection lost    ──► swim.probeNow(member)                     (kill -9 seen at once)
+ *   local registry change     ──► store (committed) ──► topic smg/registry/1 (batched ~50 ms)
+ *   remote registry change    ──► replica ──► store
+ *   every peer, on connect and every SYNC_INTERVAL_MS ──► Automerge sync session /smg/registry/1
+ *
+ * Seeds are `host:port`, resolved again (DNS) on every attempt; the node retries all seeds, and
+ * the members it stored last time, with backoff until some member answers. It serves from its
+ * restored state meanwhile.
+ *
+ * Owns: the SWIM node, the gossip node, their wiring, the join loop. Never: routing.
+ */
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import type { MeshConfig } from '../src/cli/config-types.js';
+import type { Logger } from '../src/observability/logger.js';
+import { RegistryDocError } from '../src/state/registry-doc.js';
+import type { Replica } from '../src/state/replica.js';
+import type { NodeStore } from '../store/node-store.js';
+import { GossipNode, type GossipStats } from './gossip/node.js';
+import { answerRegistrySync, runRegistrySync } from './registry-sync.js';
+import { Keyring } from './swim/keyring.js';
+import type { Member, MemberState } from './swim/member.js';
+import { SwimNode, type SwimStats } from './swim/swim.js';
+import type { Clock } from './swim/transport.js';
+import { UdpTransport, formatHostPort, type UdpTransportStats } from './swim/udp-transport.js';
+
+export const REGISTRY_TOPIC = 'smg/registry/1';
+const REGISTRY_PROTOCOL = 'registry';
+/** anti-entropy: a sync session with every connected peer this often */
+const SYNC_INTERVAL_MS = 15_000;
+const JOIN_BACKOFF_MIN_MS = 1_000;
+const JOIN_BACKOFF_MAX_MS = 30_000;
+const SAVE_MEMBERS_DELAY_MS = 1_000;
+/** 8-byte send time (ms) in front of every registry change on the topic: apply lag metric */
+const STAMP_BYTES = 8;
+
+/** member metadata keys */
+const META_PEER = 'p';
+const META_ADDR = 'a';
+const META_NODE = 'n';
+
+export interface MeshRuntimeOptions {
+  cfg: MeshConfig;
+  replica: Replica;
+  logger: Logger;
+  /** protobuf libp2p key: from the store, or fresh for a node without one */
+  libp2pKey: Uint8Array;
+  /** this run's incarnation (stored and bumped at start) */
+  incarnation: number;
+  store?: NodeStore;
+  /** override of SWIM timings (tests) */
+  swim?: Partial<Omit<ConstructorParameters<typeof SwimNode>[0]['config'], 'name'>>;
+}
+
+export interface MeshNodeStatus {
+  name: string;
+  address: string;
+  status: MemberState;
+  incarnation: number;
+  node_id?: string;
+  peer_id?: string;
+  connected: boolean;
+  self: boolean;
+}
+
+export interface MeshCounters {
+  swim: SwimStats;
+  udp: UdpTransportStats;
+  gossip: GossipStats;
+  sync: { ok: number; failed: number; changed: number };
+  registryApplied: number;
+  registryRejected: number;
+  joined: boolean;
+}
+
+export const realClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => {
+    const t = setTimeout(fn, ms);
+    t.unref();
+    return t;
+  },
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
+
+/** the address peers should use when bound to `host` (the first non-internal IPv4 for 0.0.0.0/::) */
+export function advertiseHostFor(cfg: Pick<MeshConfig, 'host' | 'advertiseHost'>): string {
+  if (cfg.advertiseHost !== undefined) return cfg.advertiseHost;
+  if (cfg.host !== '0.0.0.0' && cfg.host !== '::') return cfg.host;
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  throw new Error(
+    `--mesh-host ${cfg.host} needs --mesh-advertise-host: no non-loopback IPv4 address found to advertise`,
+  );
+}
+
+/** `host:port` seeds → `ip:port` for every address each name resolves to; unresolvable ones skipped */
+export async function resolveSeeds(
+  seeds: readonly string[],
+  log?: (seed: string, err: string) => void,
+): Promise<string[]> {
+  const out = new Set<string>();
+  await Promise.all(
+    seeds.map(async (seed) => {
+      const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(seed);
+      if (!m) return;
+      const host = m[1] ?? m[2];
+      const port = Number(m[3]);
+      if (isIP(host) !== 0) {
+        out.add(formatHostPort(host, port));
+        return;
+      }
+      try {
+        for (const a of await lookup(host, { all: true })) out.add(formatHostPort(a.address, port));
+      } catch (err) {
+        log?.(seed, err instanceof Error ? err.message : String(err));
+      }
+    }),
+  );
+  return [...out].sort();
+}
+
+export class MeshRuntime {
+  readonly name: string;
+  readonly address: string;
+  private joined = false;
+  private closed = false;
+  private leaving: Promise<void> | undefined;
+  private joinTimer: NodeJS.Timeout | undefined;
+  private syncTimer: NodeJS.Timeout | undefined;
+  private saveTimer: NodeJS.Timeout | undefined;
+  private readonly peerToMember = new Map<string, string>();
+  private readonly syncing = new Set<string>();
+  private readonly tally = { syncOk: 0, syncFailed: 0, syncChanged: 0, applied: 0, rejected: 0 };
+  private readonly lagObservers: ((seconds: number) => void)[] = [];
+  private readonly offs: (() => void)[] = [];
+
+  private constructor(
+    private readonly o: MeshRuntimeOptions,
+    private readonly transport: UdpTransport,
+    private readonly gossip: GossipNode,
+    readonly swim: SwimNode,
+  ) {
+    this.name = swim.name;
+    this.address = transport.localAddress;
+  }
+
+  static async start(o: MeshRuntimeOptions): Promise<MeshRuntime> {
+    const { cfg, logger } = o;
+    const log = logger.child({ component: 'mesh' });
+    const advertise = advertiseHostFor(cfg);
+    const keyring =
+      cfg.clusterKeys.length > 0
+        ? Keyring.fromBase64(cfg.clusterKeys[0], cfg.clusterKeys.slice(1))
+        : undefined;
+    const transport = await UdpTransport.bind({
+      host: cfg.host,
+      port: cfg.port,
+      advertiseAddress: formatHostPort(advertise, cfg.port),
+      ...(keyring ? { keyring } : { insecure: true }),
+      logger: log,
+    });
+    let gossip: GossipNode;
+    try {
+      gossip = await GossipNode.start({
+        privateKey: o.libp2pKey,
+        host: cfg.host,
+        port: cfg.port,
+        advertiseHost: advertise,
+        ...(keyring && { clusterKey: keyring.primaryKey() }),
+        logger: log,
+      });
+    } catch (err) {
+      await transport.close();
+      throw err;
+    }
+    const swim = new SwimNode({
+      transport,
+      clock: realClock,
+      random: Math.random,
+      config: { ...o.swim, name: cfg.nodeName },
+      meta: { [META_PEER]: gossip.peerId, [META_ADDR]: gossip.multiaddr, [META_NODE]: o.replica.nodeId },
+      incarnation: o.incarnation,
+    });
+    const rt = new MeshRuntime(o, transport, gossip, swim);
+    rt.wire(log);
+    swim.start();
+    rt.joinLoop(log, 0);
+    log.info(
+      { node: cfg.nodeName, address: transport.localAddress, peer_id: gossip.peerId, encrypted: !!keyring },
+      'mesh started',
+    );
+    return rt;
+  }
+
+  private wire(log: Logger): void {
+    const { replica } = this.o;
+    this.offs.push(
+      this.swim.onMemberChange((m, prev) => this.onMember(log, m, prev)),
+      this.gossip.onPeerDisconnected((peerId) => {
+        const name = this.peerToMember.get(peerId);
+        if (name !== undefined && !this.closed) this.swim.probeNow(name);
+      }),
+      replica.onRegistryChanges((changes, source) => {
+        if (source !== 'local' || this.closed) return;
+        const stamp = Buffer.alloc(STAMP_BYTES);
+        stamp.writeDoubleBE(Date.now(), 0);
+        for (const c of changes) this.gossip.publish(REGISTRY_TOPIC, Buffer.concat([stamp, c]));
+      }),
+    );
+    this.gossip.subscribe(REGISTRY_TOPIC, (payload) => this.onRegistryPayload(log, payload));
+    this.gossip.handle(REGISTRY_PROTOCOL, async (ch, from) => {
+      try {
+        const r = await answerRegistrySync(replica, from, ch);
+        this.tally.syncOk++;
+        if (r.changed) this.tally.syncChanged++;
+      } catch (err) {
+        this.tally.syncFailed++;
+        log.debug({ peer: from, err: (err as Error).message }, 'registry sync (answering) failed');
+      }
+    });
+    const tick = (): void => {
+      for (const peer of this.gossip.connectedPeers()) void this.syncWith(log, peer);
+    };
+    this.syncTimer = setInterval(tick, SYNC_INTERVAL_MS);
+    this.syncTimer.unref();
+  }
+
+  private onRegistryPayload(log: Logger, payload: Uint8Array): void {
+    if (payload.length <= STAMP_BYTES) {
+      this.tally.rejected++;
+      return;
+    }
+    const sentAt = Buffer.from(payload.buffer, payload.byteOffset, STAMP_BYTES).readDoubleBE(0);
+    const change = payload.subarray(STAMP_BYTES);
+    try {
+      this.o.replica.applyRegistryChanges([change]);
+      this.tally.applied++;
+      if (Number.isFinite(sentAt)) {
+        const lag = Math.max(0, Date.now() - sentAt) / 1000;
+        for (const l of this.lagObservers) l(lag);
+      }
+    } catch (err) {
+      this.tally.rejected++;
+      if (!(err instanceof RegistryDocError))
+        log.warn({ err: (err as Error).message }, 'registry change failed');
+    }
+  }
+
+  private onMember(log: Logger, m: Member, prev: MemberState | undefined): void {
+    if (m.name === this.name) return;
+    const peerId = m.meta[META_PEER];
+    const addr = m.meta[META_ADDR];
+    if (m.state === 'alive' || m.state === 'suspect') {
+      if (peerId && addr && peerId !== this.gossip.peerId) {
+        this.peerToMember.set(peerId, m.name);
+        const fresh = !this.gossip.connectedPeers().includes(peerId);
+        this.gossip.connect(peerId, addr);
+        // a (re)joining member: catch it up as soon as the connection is there
+        if (fresh && prev !== 'alive' && prev !== 'suspect')
+          setTimeout(() => void this.syncWith(log, peerId), 300).unref();
+      }
+      if (prev !== 'alive' && prev !== 'suspect' && m.state === 'alive') {
+        this.joined = true;
+        log.info({ member: m.name, address: m.address, incarnation: m.incarnation }, 'mesh member alive');
+      }
+    } else {
+      if (peerId) {
+        this.gossip.hangUp(peerId);
+        this.peerToMember.delete(peerId);
+      }
+      if (prev !== m.state)
+        log.warn({ member: m.name, address: m.address, state: m.state }, `mesh member ${m.state}`);
+    }
+    this.scheduleSaveMembers();
+  }
+
+  private async syncWith(log: Logger, peerId: string): Promise<void> {
+    if (this.closed || this.syncing.has(peerId)) return;
+    this.syncing.add(peerId);
+    try {
+      const ch = await this.gossip.open(peerId, REGISTRY_PROTOCOL);
+      const r = await runRegistrySync(this.o.replica, peerId, ch);
+      this.tally.syncOk++;
+      if (r.changed) this.tally.syncChanged++;
+    } catch (err) {
+      this.tally.syncFailed++;
+      log.debug({ peer: peerId, err: (err as Error).message }, 'registry sync failed');
+    } finally {
+      this.syncing.delete(peerId);
+    }
+  }
+
+  private scheduleSaveMembers(): void {
+    const store = this.o.store;
+    if (!store || this.saveTimer || this.closed) return;
+    this.saveTimer = setTimeout(() => {
+      this.saveTimer = undefined;
+      this.saveMembers();
+    }, SAVE_MEMBERS_DELAY_MS);
+    this.saveTimer.unref();
+  }
+
+  private saveMembers(): void {
+    const store = this.o.store;
+    if (!store) return;
+    try {
+      store.saveMembers(
+        this.swim
+          .members()
+          .filter((m) => m.name !== this.name)
+          .map((m) => ({
+            name: m.name,
+            address: m.address,
+            incarnation: m.incarnation,
+            state: m.state,
+            meta: m.meta,
+          })),
+      );
+    } catch {
+      // closed store at shutdown: nothing to keep
+    }
+  }
+
+  /** retries every seed (re-resolved) and the stored members with backoff until a member answers */
+  private joinLoop(log: Logger, attempt: number): void {
+    if (this.closed || this.leaving) return;
+    const run = async (): Promise<void> => {
+      if (this.aliveOthers() > 0) {
+        this.joined = true;
+        return; // somebody joined us meanwhile
+      }
+      const seeds = await resolveSeeds(this.o.cfg.seeds, (seed, err) =>
+        log.warn({ seed, err }, 'mesh seed does not resolve'),
+      );
+      const stored = (this.o.store?.loadMembers() ?? [])
+        .filter((m) => m.name !== this.name && m.state !== 'left')
+        .map((m) => m.address);
+      const targets = [...new Set([...seeds, ...stored])].filter((a) => a !== this.address);
+      if (targets.length === 0) {
+        if (this.o.cfg.seeds.length === 0) {
+          log.info({}, 'no seeds and no stored members: this node starts the mesh');
+          return;
+        }
+      } else {
+        try {
+          const via = await this.swim.join(targets, { maxAttempts: 1, initialBackoffMs: 1_000 });
+          this.joined = true;
+          log.info({ via, members: this.aliveOthers() + 1 }, 'joined the mesh');
+          return;
+        } catch {
+          if (this.closed) return;
+          if (attempt % 5 === 0)
+            log.warn({ targets, attempt: attempt + 1 }, 'no mesh seed answered yet; retrying');
+        }
+      }
+      const delay = Math.min(JOIN_BACKOFF_MAX_MS, JOIN_BACKOFF_MIN_MS * 2 ** Math.min(attempt, 10));
+      this.joinTimer = setTimeout(() => this.joinLoop(log, attempt + 1), delay * (0.8 + 0.4 * Math.random()));
+      this.joinTimer.unref();
+    };
+    run().catch((err: unknown) => log.error({ err: (err as Error).message }, 'mesh join loop failed'));
+  }
+
+  private aliveOthers(): number {
+    let n = 0;
+    for (const m of this.swim.members()) if (m.name !== this.name && m.state === 'alive') n++;
+    return n;
+  }
+
+  /** observes the delay between a registry change's publication and its application here */
+  onApplyLag(fn: (seconds: number) => void): void {
+    this.lagObservers.push(fn);
+  }
+
+  status(): { node_name: string; node_count: number; nodes: MeshNodeStatus[] } {
+    const connected = new Set(this.gossip.connectedPeers());
+    const nodes = this.swim
+      .members()
+      .map((m): MeshNodeStatus => ({
+        name: m.name,
+        address: m.address,
+        status: m.state,
+        incarnation: m.incarnation,
+        ...(m.meta[META_NODE] !== undefined && { node_id: m.meta[META_NODE] }),
+        ...(m.meta[META_PEER] !== undefined && { peer_id: m.meta[META_PEER] }),
+        connected: m.name === this.name || connected.has(m.meta[META_PEER] ?? ''),
+        self: m.name === this.name,
+      }))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return {
+      node_name: this.name,
+      node_count: nodes.filter((n) => n.status === 'alive' || n.status === 'suspect').length,
+      nodes,
+    };
+  }
+
+  counters(): MeshCounters {
+    return {
+      swim: this.swim.stats(),
+      udp: this.transport.stats(),
+      gossip: this.gossip.stats(),
+      sync: { ok: this.tally.syncOk, failed: this.tally.syncFailed, changed: this.tally.syncChanged },
+      registryApplied: this.tally.applied,
+      registryRejected: this.tally.rejected,
+      joined: this.joined,
+    };
+  }
+
+  get hasJoined(): boolean {
+    return this.joined;
+  }
+
+  get isLeaving(): boolean {
+    return this.leaving !== undefined;
+  }
+
+  /** graceful leave: peers see `left` (not `dead`); gossip and SWIM stop afterwards */
+  leave(): Promise<void> {
+    this.leaving ??= (async () => {
+      if (this.joinTimer) clearTimeout(this.joinTimer);
+      try {
+        await this.swim.leave(3_000);
+      } finally {
+        this.saveMembers();
+        await this.stop();
+      }
+    })();
+    return this.leaving;
+  }
+
+  private async stop(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const off of this.offs) off();
+    if (this.syncTimer) clearInterval(this.syncTimer);
+    if (this.saveTimer) clearTimeout(this.saveTimer);
+    if (this.joinTimer) clearTimeout(this.joinTimer);
+    await this.gossip.stop();
+    await this.swim.shutdown();
+  }
+
+  /** leaves (if not already) and stops everything */
+  close(): Promise<void> {
+    return this.leave();
+  }
+}

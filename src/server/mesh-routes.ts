@@ -1,0 +1,197 @@
+/**
+ * `/mesh/*` (inventory §2.6, under control-plane auth): membership, the replicated registry as
+ * this node sees it, cluster-wide per-model policies and config, and graceful leave. Every route
+ * answers 503 `mesh_disabled` on a node started without `--ha-mesh`.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { MeshRuntime } from '../../mesh/runtime.js';
+import { SmgError } from '../protocols/errors.js';
+import { isPolicyName } from '../routing/factory.js';
+import type { PolicyRegistry } from '../routing/registry.js';
+import { POLICY_NAMES } from '../routing/types.js';
+import type { Replica } from '../state/replica.js';
+import type { WorkerView } from '../state/registry.js';
+
+export interface MeshRouteDeps {
+  replica: Replica;
+  policies: PolicyRegistry;
+  /** the running mesh; undefined when the node runs alone */
+  mesh: () => MeshRuntime | undefined;
+  /** whether the local store accepts writes (true without a store) */
+  storeHealthy: () => boolean;
+}
+
+const CONFIG_KEY = /^[A-Za-z0-9._:/-]{1,128}$/;
+const MAX_CONFIG_VALUE_BYTES = 64 * 1024;
+
+const meshDisabled = () =>
+  new SmgError(503, 'mesh_disabled', 'The HA mesh is not enabled on this node (start it with --ha-mesh)');
+const badRequest = (message: string) => new SmgError(400, 'invalid_request', message);
+
+function jsonBody(req: FastifyRequest): Record<string, unknown> {
+  const raw = req.body;
+  if (!Buffer.isBuffer(raw) || raw.length === 0) throw badRequest('request body is empty');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw.toString('utf8'));
+  } catch (err) {
+    throw badRequest(`invalid JSON body: ${(err as Error).message}`);
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
+    throw badRequest('body must be a JSON object');
+  return parsed as Record<string, unknown>;
+}
+
+export function registerMeshRoutes(app: FastifyInstance, deps: MeshRouteDeps): void {
+  const { replica, policies } = deps;
+  const running = (): MeshRuntime => {
+    const rt = deps.mesh();
+    if (!rt) throw meshDisabled();
+    return rt;
+  };
+
+  const workerEntry = (w: WorkerView) => ({
+    worker_id: w.id,
+    model_id: w.models.length === 1 ? w.models[0] : w.models.length === 0 ? '*' : w.models.join(','),
+    models: w.models,
+    url: w.url,
+    health: w.status,
+    routable: w.routable,
+    // in-flight requests this node has on the worker (cluster load arrives with shared load, part 2)
+    load: replica.load.inflight(w.id),
+    version: w.version.wall,
+  });
+
+  const policyEntries = (): {
+    model_id: string;
+    policy_type: string;
+    source: string;
+    config: Record<string, unknown>;
+    version: number;
+  }[] => {
+    const out = new Map<string, ReturnType<typeof policyEntries>[number]>();
+    for (const [model, p] of replica.doc.policies()) {
+      out.set(model, {
+        model_id: model,
+        policy_type: p.policy,
+        source: 'mesh',
+        config: { ...(p.params ?? {}) },
+        version: p.updatedAt,
+      });
+    }
+    for (const { model } of policies.names()) {
+      if (out.has(model)) continue;
+      const d = policies.describe(model);
+      if (d)
+        out.set(model, {
+          model_id: model === '' ? '*' : model,
+          policy_type: d.policy,
+          source: d.source,
+          config: {},
+          version: 0,
+        });
+    }
+    return [...out.values()].sort((a, b) => (a.model_id < b.model_id ? -1 : a.model_id > b.model_id ? 1 : 0));
+  };
+
+  app.get('/mesh/status', async () => {
+    const rt = running();
+    const st = rt.status();
+    return {
+      ...st,
+      stores: {
+        membership_count: st.nodes.length,
+        worker_count: replica.registry.list().length,
+        policy_count: replica.doc.policies().size,
+        app_count: replica.doc.config().size,
+      },
+    };
+  });
+
+  app.get('/mesh/health', async (_req, reply) => {
+    const rt = running();
+    const st = rt.status();
+    const storesHealthy = deps.storeHealthy();
+    const healthy = storesHealthy && !rt.isLeaving;
+    return reply.code(healthy ? 200 : 503).send({
+      status: rt.isLeaving ? 'leaving' : healthy ? 'healthy' : 'unhealthy',
+      node_name: st.node_name,
+      cluster_size: st.node_count,
+      joined: rt.hasJoined,
+      stores_healthy: storesHealthy,
+    });
+  });
+
+  app.get('/mesh/workers', async () => {
+    running();
+    return replica.registry.list().map(workerEntry);
+  });
+
+  app.get('/mesh/workers/:id', async (req) => {
+    running();
+    const id = (req.params as { id: string }).id;
+    const w = replica.registry.get(id);
+    if (!w) throw new SmgError(404, 'worker_not_found', `Worker ${id} not found`);
+    return workerEntry(w);
+  });
+
+  app.get('/mesh/policies', async () => {
+    running();
+    return policyEntries();
+  });
+
+  app.get('/mesh/policies/:model', async (req) => {
+    running();
+    const model = (req.params as { model: string }).model;
+    const entry = policyEntries().find((p) => p.model_id === model);
+    if (!entry) throw new SmgError(404, 'policy_not_found', `No policy for model '${model}'`);
+    return entry;
+  });
+
+  app.put('/mesh/policies/:model', async (req) => {
+    running();
+    const model = (req.params as { model: string }).model;
+    if (!CONFIG_KEY.test(model)) throw badRequest(`invalid model id "${model}"`);
+    const body = jsonBody(req);
+    const policy = body.policy ?? body.policy_type;
+    if (typeof policy !== 'string' || !isPolicyName(policy))
+      throw badRequest(`"policy" must be one of ${POLICY_NAMES.join(', ')}`);
+    replica.writeRegistry((d) => d.setPolicy(model, policy));
+    return { status: 'updated', model_id: model, policy_type: policy };
+  });
+
+  app.get('/mesh/config', async () => {
+    running();
+    return Object.fromEntries(
+      [...replica.doc.config()].map(([key, value]) => [key, { value, format: 'hex' }]),
+    );
+  });
+
+  app.get('/mesh/config/:key', async (req) => {
+    running();
+    const key = (req.params as { key: string }).key;
+    const value = replica.doc.config().get(key);
+    if (value === undefined) throw new SmgError(404, 'config_not_found', `No config key '${key}'`);
+    return { key, value, format: 'hex' };
+  });
+
+  app.post('/mesh/config', async (req) => {
+    running();
+    const body = jsonBody(req);
+    const { key, value } = body;
+    if (typeof key !== 'string' || !CONFIG_KEY.test(key))
+      throw badRequest('"key" must be 1-128 characters of A-Z a-z 0-9 . _ : / -');
+    if (typeof value !== 'string' || value.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(value))
+      throw badRequest('"value" must be an even-length hex string');
+    if (value.length / 2 > MAX_CONFIG_VALUE_BYTES)
+      throw badRequest(`"value" must be at most ${MAX_CONFIG_VALUE_BYTES} bytes`);
+    replica.writeRegistry((d) => d.setConfig(key, value.toLowerCase()));
+    return { status: 'updated', key };
+  });
+
+  app.post('/mesh/shutdown', async (_req, reply) => {
+    const rt = running();
+    if (!rt.isLeaving) void rt.leave();
+    return reply.code(202).send({ status: 'shutdown initiated', node_name: rt.name });
+  });
+}
