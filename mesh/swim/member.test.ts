@@ -57,6 +57,41 @@ describe('suspicion timeouts', () => {
     expect(fired2).toBe(8000 + 48000);
   });
 
+  it('drops to the unanimous timeout once every member the rule asks for has suspected', () => {
+    const sim = new Simulator({ seed: 1 });
+    const { clock } = sim.addHost('a:1');
+    let firedAt = -1;
+    // 8 members: the suspect plus 7 suspectors; expected 2 confirmations bring it to min (4 s)
+    const s = new Suspicion(clock, 'n1', 2, 4000, 24_000, () => (firedAt = sim.now()), {
+      suspectors: 7,
+      ms: 2500,
+    });
+    sim.run(500);
+    expect(s.confirm('n2')).toBe(true);
+    expect(s.confirm('n3')).toBe(true);
+    // beyond the expected confirmations they still count (and are worth gossiping) towards unanimity
+    for (const n of ['n4', 'n5', 'n6']) expect(s.confirm(n)).toBe(true);
+    expect(s.isUnanimous).toBe(false);
+    expect(s.confirm('n7')).toBe(true);
+    expect(s.isUnanimous).toBe(true);
+    expect(s.confirm('n8')).toBe(false);
+    sim.run(2499);
+    expect(firedAt).toBe(-1);
+    sim.run(2500);
+    expect(firedAt).toBe(2500);
+
+    // the rule never lengthens a timeout: fired at once when unanimity comes after the time is up
+    let late = -1;
+    const t = new Suspicion(clock, 'x', 0, 4000, 24_000, () => (late = sim.now()), {
+      suspectors: 2,
+      ms: 1000,
+    });
+    sim.run(4000);
+    expect(t.confirm('y')).toBe(true);
+    sim.run(4000);
+    expect(late).toBe(4000);
+  });
+
   it('never fires once cancelled', () => {
     const sim = new Simulator({ seed: 1 });
     const { clock } = sim.addHost('a:1');
@@ -116,6 +151,25 @@ describe('broadcast queue', () => {
     const got = q.take(60, 2, 5, 10);
     expect(got.map((b) => b[0])).toEqual([3, 2]);
     expect(got.reduce((s, b) => s + b.length + 2, 0)).toBeLessThanOrEqual(60);
+  });
+
+  it('keeps suspicions from different suspectors side by side; plain news about the member replaces all', () => {
+    const q = new BroadcastQueue();
+    q.push('m', bytes(1, 1));
+    q.push('m', bytes(1, 2), undefined, 'x');
+    q.push('m', bytes(1, 3), undefined, 'y');
+    // the suspicion replaced the plain item, the two suspectors coexist
+    expect(q.take(1000, 2, 10, 10).map((x) => x[0])).toEqual([3, 2]);
+    q.push('m', bytes(1, 4), undefined, 'x');
+    expect(q.size).toBe(2);
+    q.push('m', bytes(1, 5));
+    expect(q.size).toBe(1);
+    expect(q.take(1000, 2, 10, 10).map((x) => x[0])).toEqual([5]);
+    // retiring the last item forgets the member entirely
+    q.take(1000, 2, 2, 10);
+    expect(q.size).toBe(0);
+    q.push('m', bytes(1, 6), undefined, 'x');
+    expect(q.size).toBe(1);
   });
 
   it('calls onDone when an item is retired by its transmit limit', () => {

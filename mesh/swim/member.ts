@@ -33,12 +33,25 @@ export function retransmitLimit(retransmitMult: number, n: number): number {
 }
 
 /**
+ * When every other active member has suspected a member on its own, and that happens only in a
+ * cluster small enough that every member re-probes a suspect, the timeout drops to `ms` (counted
+ * from the start of the suspicion, like every other timeout).
+ */
+export interface UnanimousRule {
+  /** distinct suspectors (the originator included) that make the suspicion unanimous */
+  suspectors: number;
+  ms: number;
+}
+
+/**
  * A running suspicion of one member. It starts at the max timeout and shrinks, on a log scale,
  * towards the min as independent members confirm it: one suspector may be the unhealthy one, several
- * rarely are. With no confirmations expected (tiny clusters) it simply runs for the min.
+ * rarely are. With no confirmations expected (tiny clusters) it simply runs for the min. With a
+ * unanimous rule, a suspicion every other member shares runs for the rule's (shorter) timeout.
  */
 export class Suspicion {
-  private readonly confirmations = new Set<string>();
+  /** every distinct suspector, the originator first */
+  private readonly suspectors = new Set<string>();
   private readonly start: number;
   private handle: unknown;
   private fired = false;
@@ -51,38 +64,55 @@ export class Suspicion {
     private readonly minMs: number,
     private readonly maxMs: number,
     private readonly onTimeout: () => void,
+    private readonly unanimous?: UnanimousRule,
   ) {
     this.start = clock.now();
     // the originator is not a confirmation of its own suspicion
-    this.confirmations.add(from);
-    this.schedule(expected > 0 ? maxMs : minMs);
+    this.suspectors.add(from);
+    this.schedule(this.currentTimeout());
   }
 
   /** the timeout after `n` confirmations */
   static timeoutMs(n: number, expected: number, minMs: number, maxMs: number): number {
     if (expected <= 0) return minMs;
-    const frac = Math.log(n + 1) / Math.log(expected + 1);
+    const frac = Math.log(Math.min(n, expected) + 1) / Math.log(expected + 1);
     return Math.max(minMs, Math.floor(maxMs - frac * (maxMs - minMs)));
   }
 
-  /** records a confirmation; true when it is a new, independent one (worth re-gossiping) */
+  /**
+   * Records a confirmation; true when it is a new, independent one that still counts (towards the
+   * expected confirmations, or towards unanimity): worth re-gossiping so others count it too.
+   */
   confirm(from: string): boolean {
-    if (this.fired || this.confirmations.has(from)) return false;
-    if (this.confirmations.size - 1 >= this.expected) return false;
-    this.confirmations.add(from);
-    const timeout = Suspicion.timeoutMs(this.confirmations.size - 1, this.expected, this.minMs, this.maxMs);
+    if (this.fired || this.suspectors.has(from)) return false;
+    const counts =
+      this.confirmationCount < this.expected ||
+      (this.unanimous !== undefined && this.suspectors.size < this.unanimous.suspectors);
+    if (!counts) return false;
+    this.suspectors.add(from);
     this.clock.clearTimeout(this.handle);
-    this.schedule(Math.max(0, this.start + timeout - this.clock.now()));
+    this.schedule(Math.max(0, this.start + this.currentTimeout() - this.clock.now()));
     return true;
   }
 
+  /** independent confirmations (suspectors other than the originator) */
   get confirmationCount(): number {
-    return this.confirmations.size - 1;
+    return this.suspectors.size - 1;
+  }
+
+  /** true once every member the unanimous rule asks for has suspected */
+  get isUnanimous(): boolean {
+    return this.unanimous !== undefined && this.suspectors.size >= this.unanimous.suspectors;
   }
 
   cancel(): void {
     this.fired = true;
     this.clock.clearTimeout(this.handle);
+  }
+
+  private currentTimeout(): number {
+    const t = Suspicion.timeoutMs(this.confirmationCount, this.expected, this.minMs, this.maxMs);
+    return this.isUnanimous && this.unanimous ? Math.min(t, this.unanimous.ms) : t;
   }
 
   private schedule(ms: number): void {
@@ -116,6 +146,8 @@ export class Awareness {
 interface QueueItem {
   /** the member the broadcast is about: a newer one replaces it */
   key: string;
+  /** set for a suspicion: the suspector, so confirmations from different members coexist */
+  sub: string | undefined;
   bytes: Uint8Array;
   transmits: number;
   /** insertion order; newer first among equally sent items */
@@ -127,10 +159,15 @@ interface QueueItem {
  * Broadcasts waiting to be piggybacked. Least transmitted first, then newest first, so fresh news
  * spreads before old news is repeated; an item leaves after `limit` transmissions or when a newer
  * item about the same member replaces it.
+ *
+ * An item pushed with a `sub` (a suspicion, sub = the suspector) replaces only the member's plain
+ * item and its item with the same sub, so independent confirmations of one suspicion travel side by
+ * side instead of each pushing the previous one out; a plain item replaces everything about the member.
  */
 export class BroadcastQueue {
   private items: QueueItem[] = [];
-  private readonly byKey = new Map<string, QueueItem>();
+  /** member → (sub or '' for the plain item) → item */
+  private readonly byKey = new Map<string, Map<string, QueueItem>>();
   private nextId = 0;
   private sorted = true;
 
@@ -139,14 +176,21 @@ export class BroadcastQueue {
   }
 
   /** onDone runs once when the item is retired (sent `limit` times, replaced or cleared) */
-  push(key: string, bytes: Uint8Array, onDone?: () => void): void {
-    const old = this.byKey.get(key);
-    if (old) {
-      this.items.splice(this.items.indexOf(old), 1);
-      old.onDone?.();
+  push(key: string, bytes: Uint8Array, onDone?: () => void, sub?: string): void {
+    const entries = this.byKey.get(key);
+    if (entries) {
+      const replaced = sub === undefined ? [...entries.values()] : [entries.get(''), entries.get(`\0${sub}`)];
+      for (const old of replaced) {
+        if (!old) continue;
+        this.items.splice(this.items.indexOf(old), 1);
+        entries.delete(old.sub === undefined ? '' : `\0${old.sub}`);
+        old.onDone?.();
+      }
     }
-    const item: QueueItem = { key, bytes, transmits: 0, id: this.nextId++, onDone };
-    this.byKey.set(key, item);
+    const item: QueueItem = { key, sub, bytes, transmits: 0, id: this.nextId++, onDone };
+    const map = entries ?? new Map<string, QueueItem>();
+    map.set(sub === undefined ? '' : `\0${sub}`, item);
+    this.byKey.set(key, map);
     // a fresh item sorts first; keeping it at the head avoids a re-sort
     this.items.unshift(item);
   }
@@ -176,7 +220,9 @@ export class BroadcastQueue {
     if (retired) {
       this.items = this.items.filter((item) => {
         if (item.transmits < limit) return true;
-        this.byKey.delete(item.key);
+        const entries = this.byKey.get(item.key);
+        entries?.delete(item.sub === undefined ? '' : `\0${item.sub}`);
+        if (entries?.size === 0) this.byKey.delete(item.key);
         item.onDone?.();
         return false;
       });

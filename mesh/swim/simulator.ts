@@ -164,6 +164,18 @@ export class Simulator {
     return { address, transport, clock, random: seededRandom(Math.floor(this.random() * 2 ** 32)) };
   }
 
+  /**
+   * A fresh host at the address of a killed or closed one, as a process restarted on the same
+   * host:port: nothing of the old one (timers, packets in flight to it) reaches the new one.
+   */
+  restartHost(address: string): SimHost {
+    const old = this.endpoint(address);
+    if (old.status !== 'killed' && old.status !== 'closed')
+      throw new Error(`host ${address} is still running: kill it first`);
+    this.endpoints.delete(address);
+    return this.addHost(address);
+  }
+
   /** runs `fn` at virtual time `at` (for test scripts: kill at t, heal at t, …) */
   at(at: number, fn: () => void): void {
     this.schedule(Math.max(at, this.time), undefined, fn);

@@ -1,13 +1,59 @@
 /**
- * SWIM at scale in the deterministic simulator, with memberlist's default timings: failure detection
- * under loss, no false positives, Lifeguard riding out a pause.
+ * SWIM at scale in the deterministic simulator, with the default timings (memberlist's LAN timings
+ * plus the small-cluster rules of TIMING.md): failure detection under loss, no false positives,
+ * Lifeguard riding out a pause.
  */
 import { describe, expect, it } from 'vitest';
-import { Simulator, createSimMembers, type SimMember } from './simulator.js';
+import { Simulator, createSimMembers, seededRandom, type SimMember } from './simulator.js';
 
 function median(xs: number[]): number {
+  return quantile(xs, 0.5);
+}
+
+function quantile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
+  return s[Math.min(s.length - 1, Math.floor(p * s.length))];
+}
+
+/** a small cluster on a fast LAN (0.1–0.3 ms one way), converged, then run to a random phase */
+function smallCluster(n: number, seed: number, lossRate: number): { sim: Simulator; members: SimMember[] } {
+  const sim = new Simulator({ seed, lossRate, latencyMs: { min: 0.1, max: 0.3 } });
+  const members = createSimMembers(sim, n);
+  members[0].node.start();
+  members.forEach((m, i) => {
+    if (i > 0) sim.at(i * 10, () => void m.node.join([members[0].address]));
+  });
+  expect(sim.runUntil(() => members.every((m) => m.node.stats().members.alive === n), 60_000, 200)).toBe(
+    true,
+  );
+  sim.runFor(3000 + seededRandom(seed * 7919 + 1)() * 5000);
+  return { sim, members };
+}
+
+/**
+ * Kills a random member and returns the time until every survivor holds it dead (ms). `probeNow`
+ * survivors call probeNow on the victim right after the kill, as the gateway does when its TCP
+ * connection to the victim closes.
+ */
+function killToDeadMs(n: number, seed: number, lossRate: number, probeNow = 0): number {
+  const { sim, members } = smallCluster(n, seed, lossRate);
+  const victim = members[1 + Math.floor(seededRandom(seed)() * (n - 1))];
+  const survivors = members.filter((m) => m !== victim);
+  const seen = new Set<string>();
+  let last = 0;
+  for (const m of survivors) {
+    m.node.onMemberChange((x) => {
+      if (x.name === victim.name && x.state === 'dead' && !seen.has(m.name)) {
+        seen.add(m.name);
+        last = sim.now();
+      }
+    });
+  }
+  const killedAt = sim.now();
+  sim.kill(victim.address);
+  for (const m of survivors.slice(0, probeNow)) m.node.probeNow(victim.name);
+  expect(sim.runUntil(() => seen.size === survivors.length, 60_000, 100)).toBe(true);
+  return last - killedAt;
 }
 
 /** n members, each joining through node-0 at a staggered time, run until everyone sees everyone */
@@ -146,5 +192,67 @@ describe('swim simulation (memberlist LAN timings)', () => {
     );
     // min 4 s (no log scaling below 10 members), max 24 s before any confirmation
     expect(worst).toBeLessThan(26_000);
+  });
+});
+
+describe('swim simulation: small clusters, default timings (the ≤ 5 s detection goal, see TIMING.md)', () => {
+  for (const n of [3, 8]) {
+    for (const loss of [0, 0.01]) {
+      it(`kill -9 → dead on every survivor: median under 4.5 s (${n} members, ${loss * 100} % loss, 30 trials)`, () => {
+        const times: number[] = [];
+        for (let t = 0; t < 30; t++) times.push(killToDeadMs(n, 1000 + t, loss));
+        const med = median(times);
+        const p90 = quantile(times, 0.9);
+        console.log(
+          `swim sim: N=${n}, ${loss * 100} % loss: kill → all dead median ${Math.round(med)} ms, p90 ${Math.round(p90)} ms`,
+        );
+        expect(med).toBeLessThanOrEqual(4500);
+        // without any confirmation the suspicion runs its max (24 s); nothing should come near it
+        expect(Math.max(...times)).toBeLessThan(10_000);
+      });
+    }
+
+    it(`a member paused for 2 s at a random phase is suspected but never declared dead (${n} members, 20 trials)`, () => {
+      let suspected = 0;
+      let deaths = 0;
+      for (let t = 0; t < 20; t++) {
+        const seed = 5000 + t;
+        const { sim, members } = smallCluster(n, seed, t % 2 === 0 ? 0 : 0.05);
+        const r = seededRandom(seed * 31 + 7);
+        sim.runFor(r() * 1000);
+        const paused = members[Math.floor(r() * n)];
+        let sawSuspect = false;
+        for (const m of members) {
+          m.node.onMemberChange((x) => {
+            if (x.name === paused.name && x.state === 'suspect') sawSuspect = true;
+            if (x.state === 'dead') deaths++;
+          });
+        }
+        sim.pause(paused.address);
+        sim.runFor(2000);
+        sim.resume(paused.address);
+        sim.runFor(20_000);
+        if (sawSuspect) suspected++;
+        for (const m of members) expect(m.node.stats().members.alive).toBe(n);
+      }
+      console.log(`swim sim: N=${n}, 20 pauses of 2 s: suspected in ${suspected}, ${deaths} deaths`);
+      expect(suspected).toBeGreaterThan(5);
+      expect(deaths).toBe(0);
+    });
+  }
+
+  it('probeNow after a kill (the TCP connection closed) brings detection forward', () => {
+    const without: number[] = [];
+    const withProbe: number[] = [];
+    for (let t = 0; t < 20; t++) {
+      without.push(killToDeadMs(8, 2000 + t, 0));
+      withProbe.push(killToDeadMs(8, 2000 + t, 0, 1));
+    }
+    console.log(
+      `swim sim: N=8, kill → all dead median ${Math.round(median(without))} ms, ${Math.round(median(withProbe))} ms with probeNow from one survivor`,
+    );
+    expect(median(withProbe)).toBeLessThan(median(without));
+    // probe verdict at 1 s, then the unanimous timeout (2.5 s) and gossip
+    expect(median(withProbe)).toBeLessThan(4000);
   });
 });

@@ -205,4 +205,141 @@ describe('swim protocol', () => {
     expect(() => make({ probeTimeoutMs: 1000 })).toThrow(/probeTimeoutMs/);
     expect(() => make({ gossipIntervalMs: 0 })).toThrow(/gossipIntervalMs/);
   });
+
+  it('probeNow probes one member out of turn, and only an alive or suspect member not already probed', () => {
+    const { sim, members } = cluster(5, 21);
+    const [a, b, c] = members;
+    const probes = (): number => a.node.stats().probes;
+    const before = probes();
+    a.node.probeNow(b.name);
+    expect(probes()).toBe(before + 1);
+    // already running: ignored
+    a.node.probeNow(b.name);
+    expect(probes()).toBe(before + 1);
+    // unknown names and itself: ignored
+    a.node.probeNow('nobody');
+    a.node.probeNow(a.name);
+    expect(probes()).toBe(before + 1);
+    sim.runFor(50);
+    // acked (one round trip is at most 20 ms here): a new probe may start
+    a.node.probeNow(b.name);
+    expect(probes()).toBe(before + 2);
+
+    // a killed member probed at once is suspected after one probe interval, without waiting its turn
+    sim.runFor(1000);
+    sim.kill(c.address);
+    a.node.probeNow(c.name);
+    sim.runFor(1050);
+    expect(a.node.member(c.name)?.state).toBe('suspect');
+    expect(
+      sim.runUntil(() => members.every((m) => m === c || m.node.member(c.name)?.state === 'dead'), 10_000),
+    );
+    // a dead member is not probed
+    const n = probes();
+    a.node.probeNow(c.name);
+    expect(probes()).toBe(n);
+  });
+
+  it('reaps dead and left members after deadReapMs without an event, and re-adds one that comes back', async () => {
+    const sim = new Simulator({ seed: 22, latencyMs: { min: 1, max: 10 } });
+    const config = { deadReapMs: 60_000, gossipToTheDeadMs: 20_000 };
+    const members = createSimMembers(sim, 6, { config });
+    members[0].node.start();
+    for (const m of members.slice(1)) void m.node.join([members[0].address]);
+    expect(sim.runUntil(() => members.every((m) => m.node.stats().members.alive === 6), 30_000)).toBe(true);
+    const [a, , , , leaver, victim] = members;
+    const events: string[] = [];
+    a.node.onMemberChange((m, prev) => events.push(`${m.name}:${prev ?? 'new'}->${m.state}`));
+    await Promise.all([leaver.node.leave(), Promise.resolve(sim.runFor(5000))]);
+    await leaver.node.shutdown();
+    sim.kill(victim.address);
+    expect(sim.runUntil(() => a.node.member(victim.name)?.state === 'dead', 30_000)).toBe(true);
+    expect(a.node.member(leaver.name)?.state).toBe('left');
+    sim.runFor(61_000);
+    for (const m of members.slice(0, 4)) {
+      expect(m.node.member(victim.name)).toBeUndefined();
+      expect(m.node.member(leaver.name)).toBeUndefined();
+      expect(m.node.members()).toHaveLength(4);
+      expect(m.node.stats().reaped).toBe(2);
+    }
+    expect(events).toEqual([
+      `${leaver.name}:alive->left`,
+      `${victim.name}:alive->suspect`,
+      `${victim.name}:suspect->dead`,
+    ]);
+
+    // the victim's process comes back on the same address with no memory of its incarnation
+    const host = sim.restartHost(victim.address);
+    const back = new SwimNode({ ...host, config: { ...config, name: victim.name } });
+    void back.join([a.address]);
+    expect(
+      sim.runUntil(
+        () => members.slice(0, 4).every((m) => m.node.member(victim.name)?.state === 'alive'),
+        10_000,
+      ),
+    ).toBe(true);
+    expect(events.at(-1)).toBe(`${victim.name}:new->alive`);
+    expect(back.stats().members.alive).toBe(5);
+  });
+
+  it('revives a dead or left member on an alive with a higher incarnation, not on an equal one', () => {
+    const { sim, members, inject } = cluster(4, 23);
+    const [a, b] = members;
+    const ghost = { name: 'ghost', address: '10.7.7.7:7946' };
+    sim.addHost(ghost.address);
+    inject(a, { type: 'alive', node: ghost.name, address: ghost.address, incarnation: 3, meta: {} });
+    sim.runFor(10);
+    inject(a, { type: 'dead', node: ghost.name, incarnation: 3, from: 'rogue' });
+    sim.runFor(10);
+    expect(a.node.member(ghost.name)?.state).toBe('dead');
+    inject(a, { type: 'alive', node: ghost.name, address: ghost.address, incarnation: 3, meta: {} });
+    sim.runFor(10);
+    expect(a.node.member(ghost.name)?.state).toBe('dead');
+    inject(a, { type: 'alive', node: ghost.name, address: ghost.address, incarnation: 4, meta: { v: '2' } });
+    sim.runFor(10);
+    expect(a.node.member(ghost.name)).toMatchObject({ state: 'alive', incarnation: 4, meta: { v: '2' } });
+
+    sim.runFor(2000);
+    expect(b.node.member(ghost.name)?.incarnation).toBe(4);
+    inject(b, { type: 'leave', node: ghost.name, incarnation: 4 });
+    sim.runFor(10);
+    expect(b.node.member(ghost.name)?.state).toBe('left');
+    inject(b, { type: 'alive', node: ghost.name, address: ghost.address, incarnation: 5, meta: {} });
+    sim.runFor(10);
+    expect(b.node.member(ghost.name)).toMatchObject({ state: 'alive', incarnation: 5 });
+  });
+
+  it('accepts a restarted member (same name and address, stored incarnation + 1) that peers still hold dead', () => {
+    const { sim, members } = cluster(8, 24);
+    const victim = members[5];
+    const others = members.filter((m) => m !== victim);
+    sim.kill(victim.address);
+    expect(
+      sim.runUntil(() => others.every((m) => m.node.member(victim.name)?.state === 'dead'), 30_000),
+    ).toBe(true);
+    const stored = victim.node.incarnation;
+    const prevStates: (string | undefined)[] = [];
+    others[0].node.onMemberChange((m, prev) => {
+      if (m.name === victim.name) prevStates.push(prev);
+    });
+    const host = sim.restartHost(victim.address);
+    const back = new SwimNode({
+      ...host,
+      config: { name: victim.name },
+      incarnation: stored + 1,
+      meta: { run: '2' },
+    });
+    void back.join([members[0].address]);
+    expect(
+      sim.runUntil(() => others.every((m) => m.node.member(victim.name)?.state === 'alive'), 10_000),
+    ).toBe(true);
+    for (const m of others)
+      expect(m.node.member(victim.name)).toMatchObject({ incarnation: stored + 1, meta: { run: '2' } });
+    expect(prevStates[0]).toBe('dead');
+    // the restarted member needed no refutation: its incarnation already beat the news of its death
+    expect(back.stats().selfRefutations).toBe(0);
+    sim.runFor(30_000);
+    expect(back.stats().members.alive).toBe(8);
+    for (const m of others) expect(m.node.stats().members.alive).toBe(8);
+  });
 });

@@ -58,9 +58,30 @@ export interface SwimConfig {
   /** dead members still receive gossip this long, so a falsely declared member hears it and refutes */
   gossipToTheDeadMs: number;
   maxPacketBytes: number;
+  /**
+   * A member that learns of a suspicion probes the suspect itself at once (with probability
+   * min(1, suspicionProbes / (N − 2)), so about this many members do in a large cluster), so
+   * confirmations, or the refutation, come within one probe interval. 0 turns this off.
+   */
+  suspicionProbes: number;
+  /**
+   * In a cluster where every member re-probes a suspect (N ≤ suspicionProbes + 2): once every other
+   * active member has suspected it on its own, the suspicion times out after this × probeIntervalMs
+   * (from its start) if that is sooner than the usual minimum. 0 turns this off. See TIMING.md.
+   */
+  suspicionUnanimousMult: number;
+  /**
+   * Dead and left members are removed from the table this long after they died or left (no
+   * onMemberChange event); news of them afterwards adds them as new members. Keep it above
+   * gossipToTheDeadMs.
+   */
+  deadReapMs: number;
 }
 
-/** memberlist's DefaultLANConfig timings */
+/**
+ * memberlist's DefaultLANConfig timings, plus re-probing of suspects, the unanimous-suspicion
+ * shortcut for small clusters and reaping (see TIMING.md for the measurements behind them)
+ */
 export const DEFAULT_SWIM_CONFIG: Omit<SwimConfig, 'name'> = {
   probeIntervalMs: 1000,
   probeTimeoutMs: 500,
@@ -74,6 +95,9 @@ export const DEFAULT_SWIM_CONFIG: Omit<SwimConfig, 'name'> = {
   gossipNodes: 3,
   gossipToTheDeadMs: 30_000,
   maxPacketBytes: MAX_PACKET_BYTES,
+  suspicionProbes: 8,
+  suspicionUnanimousMult: 2.5,
+  deadReapMs: 300_000,
 };
 
 export interface SwimNodeOptions {
@@ -106,6 +130,8 @@ export interface SwimStats {
   /** times this node refuted news of its own suspicion or death */
   selfRefutations: number;
   declaredDead: number;
+  /** dead or left members removed from the table after deadReapMs */
+  reaped: number;
   packetsIn: number;
   packetsOut: number;
   bytesIn: number;
@@ -140,6 +166,8 @@ export class SwimNode {
   private readonly table = new Map<string, Member>();
   private readonly suspicions = new Map<string, Suspicion>();
   private readonly acks = new Map<number, AckHandler>();
+  /** probes running per member name (scheduled and out-of-band) */
+  private readonly probing = new Map<string, number>();
   private readonly queue = new BroadcastQueue();
   private readonly awareness: Awareness;
   private readonly timers = new Set<unknown>();
@@ -164,6 +192,7 @@ export class SwimNode {
     suspicionsRefuted: 0,
     selfRefutations: 0,
     declaredDead: 0,
+    reaped: 0,
     packetsIn: 0,
     packetsOut: 0,
     bytesIn: 0,
@@ -313,6 +342,7 @@ export class SwimNode {
     for (const s of this.suspicions.values()) s.cancel();
     this.suspicions.clear();
     this.acks.clear();
+    this.probing.clear();
     this.queue.clear();
     for (const w of new Set(this.joinWaiters.values()))
       w.abort(new Error('swim node shut down before joining'));
@@ -328,6 +358,19 @@ export class SwimNode {
     this.self.incarnation++;
     this.broadcastSelf();
     this.emit(this.self, this.self.state);
+  }
+
+  /**
+   * Probes one member right away, out of turn: a direct ping, then indirect pings, then suspicion on
+   * failure, exactly like a scheduled probe, but the round robin is left as it is. Ignored when a
+   * probe of that member is already running, when it is not alive or suspect, or when this node is
+   * not running. Meant for outside evidence that a member may be gone (its TCP connection closed).
+   */
+  probeNow(name: string): void {
+    if (!this.started || this.closed || this.leaving) return;
+    const m = this.table.get(name);
+    if (!m || m === this.self || !ACTIVE.has(m.state) || this.probing.has(name)) return;
+    this.probe(m, this.awareness.scale(this.config.probeIntervalMs));
   }
 
   onMemberChange(handler: MemberChangeHandler): () => void {
@@ -362,6 +405,7 @@ export class SwimNode {
       suspicionsRefuted: c.suspicionsRefuted,
       selfRefutations: c.selfRefutations,
       declaredDead: c.declaredDead,
+      reaped: c.reaped,
       packetsIn: c.packetsIn,
       packetsOut: c.packetsOut,
       bytesIn: c.bytesIn,
@@ -399,6 +443,7 @@ export class SwimNode {
   // ---- failure detection ----------------------------------------------------------------------
 
   private probeTick(): void {
+    this.reap();
     if (this.leaving) return;
     const interval = this.awareness.scale(this.config.probeIntervalMs);
     const target = this.nextProbeTarget();
@@ -429,11 +474,19 @@ export class SwimNode {
     let nacks = 0;
     let expectedNacks = 0;
     const timers: unknown[] = [];
+    const name = target.name;
+    this.probing.set(name, (this.probing.get(name) ?? 0) + 1);
+    const done = (): void => {
+      const left = (this.probing.get(name) ?? 1) - 1;
+      if (left > 0) this.probing.set(name, left);
+      else this.probing.delete(name);
+    };
     this.acks.set(seq, {
       onAck: () => {
         if (acked) return;
         acked = true;
         this.acks.delete(seq);
+        done();
         for (const t of timers) this.cancel(t);
         this.recordRtt(this.clock.now() - sentAt);
         this.awareness.apply(-1);
@@ -464,6 +517,7 @@ export class SwimNode {
     timers.push(
       this.later(() => {
         this.acks.delete(seq);
+        done();
         this.counters.probesFailed++;
         // Lifeguard: relays that did not even nack suggest the trouble is on our side; with no
         // relays to ask we cannot tell, and count the failure against ourselves
@@ -479,6 +533,23 @@ export class SwimNode {
         }
       }, interval),
     );
+  }
+
+  /**
+   * Removes members dead or left for deadReapMs, so the table stays bounded under churn. No
+   * onMemberChange event: the member's last event (dead or left) stands. A member that comes back
+   * afterwards is added again as new (any incarnation), with an event whose prevState is undefined.
+   */
+  private reap(): void {
+    const now = this.clock.now();
+    for (const [name, m] of this.table) {
+      if ((m.state === 'dead' || m.state === 'left') && m !== this.self) {
+        if (now - m.stateChangedAt < this.config.deadReapMs) continue;
+        this.table.delete(name);
+        this.endSuspicion(name);
+        this.counters.reaped++;
+      }
+    }
   }
 
   private recordRtt(ms: number): void {
@@ -575,18 +646,43 @@ export class SwimNode {
     const expected = n - 2 < this.config.suspicionMult - 2 ? 0 : this.config.suspicionMult - 2;
     const min = suspicionMinTimeoutMs(this.config.suspicionMult, n, this.config.probeIntervalMs);
     const max = this.config.suspicionMaxTimeoutMult * min;
+    // every member re-probes the suspect: when all of them (all active members but the suspect)
+    // fail to reach it, the shorter unanimous timeout applies
+    const { suspicionProbes, suspicionUnanimousMult, probeIntervalMs } = this.config;
+    const everyoneProbes = suspicionProbes > 0 && n - 2 <= suspicionProbes;
+    const unanimous =
+      everyoneProbes && suspicionUnanimousMult > 0
+        ? { suspectors: n - 1, ms: suspicionUnanimousMult * probeIntervalMs }
+        : undefined;
     const incarnation = m.incarnation;
-    this.suspicions.set(
-      m.name,
-      new Suspicion(this.clock, msg.from, expected, min, max, () => {
+    const suspicion = new Suspicion(
+      this.clock,
+      msg.from,
+      expected,
+      min,
+      max,
+      () => {
         this.suspicions.delete(m.name);
         if (this.closed) return;
         const cur = this.table.get(m.name);
         if (cur && cur.state === 'suspect' && cur.incarnation === incarnation) {
           this.onDead({ type: 'dead', node: cur.name, incarnation, from: this.self.name });
         }
-      }),
+      },
+      unanimous,
     );
+    this.suspicions.set(m.name, suspicion);
+    if (msg.from === this.self.name) {
+      // our own verdict: spread it now rather than at the next gossip tick
+      this.gossipNow();
+    } else if (
+      suspicionProbes > 0 &&
+      (everyoneProbes || this.random() < suspicionProbes / Math.max(1, n - 2))
+    ) {
+      // someone else's verdict: check it ourselves, so a confirmation (or the refutation) comes
+      // within one probe interval instead of whenever the round robin gets there
+      this.probeNow(m.name);
+    }
     this.emit(m, 'alive');
   }
 
@@ -607,6 +703,7 @@ export class SwimNode {
     m.stateChangedAt = this.clock.now();
     if (next === 'dead') this.counters.declaredDead++;
     this.rebroadcast(msg);
+    if (msg.type === 'dead' && msg.from === this.self.name) this.gossipNow();
     this.emit(m, prev);
   }
 
@@ -616,6 +713,15 @@ export class SwimNode {
     // having to refute means others could not hear from us in time: probe more patiently
     this.awareness.apply(1);
     this.broadcastSelf();
+    // in a cluster where everyone re-probes a suspect, everyone probably holds us suspect and the
+    // suspicion may be unanimous (short timeout): tell each member directly rather than trust gossip
+    // alone (its few transmissions tend to go to the members that pinged us while we were away)
+    if (this.config.suspicionProbes > 0 && this.activeCount() - 2 <= this.config.suspicionProbes) {
+      const alive = encodeMessage(this.aliveOf(this.self));
+      for (const m of this.table.values()) {
+        if (m !== this.self && ACTIVE.has(m.state)) this.sendRaw(m.address, [alive]);
+      }
+    }
   }
 
   private isSelfAlive(msg: AliveMessage): boolean {
@@ -643,12 +749,18 @@ export class SwimNode {
   }
 
   private rebroadcast(msg: AliveMessage | SuspectMessage | DeadMessage | LeaveMessage): void {
-    this.queue.push(msg.node, encodeMessage(msg));
+    // suspicions from different members are independent confirmations: keep each one queued
+    this.queue.push(msg.node, encodeMessage(msg), undefined, msg.type === 'suspect' ? msg.from : undefined);
   }
 
   private gossipTick(): void {
     this.later(() => this.gossipTick(), this.config.gossipIntervalMs);
-    if (this.queue.size === 0) return;
+    this.gossipNow();
+  }
+
+  /** one round of gossip: queued broadcasts to gossipNodes random members */
+  private gossipNow(): void {
+    if (this.queue.size === 0 || !this.started || this.closed) return;
     const now = this.clock.now();
     const targets = this.randomMembers(
       this.config.gossipNodes,
@@ -866,6 +978,7 @@ function validateConfig(c: SwimConfig): void {
     'pushPullIntervalMs',
     'gossipIntervalMs',
     'maxPacketBytes',
+    'deadReapMs',
   ];
   for (const k of positive) {
     const v = c[k];
@@ -876,5 +989,8 @@ function validateConfig(c: SwimConfig): void {
     throw new RangeError('probeTimeoutMs must be below probeIntervalMs');
   if (c.indirectChecks < 0 || c.gossipNodes < 0)
     throw new RangeError('indirectChecks and gossipNodes must be >= 0');
+  for (const k of ['suspicionProbes', 'suspicionUnanimousMult'] as const) {
+    if (!Number.isFinite(c[k]) || c[k] < 0) throw new RangeError(`swim config ${k} must be >= 0`);
+  }
   if (c.maxPacketBytes < 576) throw new RangeError('maxPacketBytes must be at least 576');
 }
