@@ -38,6 +38,7 @@ const SYNC_INTERVAL_MS = 15_000;
 const JOIN_BACKOFF_MIN_MS = 1_000;
 const JOIN_BACKOFF_MAX_MS = 30_000;
 const SAVE_MEMBERS_DELAY_MS = 1_000;
+const MAX_UDP_PACKET_BYTES = 4096;
 /** 8-byte send time (ms) in front of every registry change on the topic: apply lag metric */
 const STAMP_BYTES = 8;
 
@@ -166,6 +167,8 @@ export class MeshRuntime {
       port: cfg.port,
       advertiseAddress: formatHostPort(advertise, cfg.port),
       ...(keyring ? { keyring } : { insecure: true }),
+      // SWIM never sends more than MAX_PACKET_BYTES (+ seal and envelope); anything bigger is hostile
+      maxPacketBytes: MAX_UDP_PACKET_BYTES,
       logger: log,
     });
     let gossip: GossipNode;

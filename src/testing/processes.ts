@@ -148,9 +148,20 @@ export async function startGatewayProc(
   ];
   const given = new Set(args.filter((a) => a.startsWith('--')).map((a) => a.split('=')[0]));
   const proc = spawnSmg(['launch', ...defaults.filter(([f]) => !given.has(f)).flat(), ...args]);
-  const url = `http://127.0.0.1:${port}`;
+  // flags given by the caller win over the defaults above
+  const flag = (name: string): string | undefined => {
+    const i = args.indexOf(name);
+    return i >= 0 ? args[i + 1] : args.find((a) => a.startsWith(`${name}=`))?.slice(name.length + 1);
+  };
+  const host = flag('--host') ?? '127.0.0.1';
+  const urlHost = host === '0.0.0.0' ? '127.0.0.1' : host;
+  const url = `http://${urlHost}:${flag('--port') ?? port}`;
   if (opts.waitReady === false)
     await waitFor(() => answers(`${url}/liveness`), 15_000, 'gateway liveness', proc);
   else await waitFor(() => answers(`${url}/readiness`), 20_000, 'gateway readiness', proc);
-  return Object.assign(proc, { url, metricsUrl: `http://127.0.0.1:${promPort}` });
+  const promHost = flag('--prometheus-host') ?? '127.0.0.1';
+  return Object.assign(proc, {
+    url,
+    metricsUrl: `http://${promHost === '0.0.0.0' ? '127.0.0.1' : promHost}:${flag('--prometheus-port') ?? promPort}`,
+  });
 }
