@@ -96,7 +96,7 @@ export const TOP_HELP: string = [
   'Commands:',
   '  launch       start the gateway (the default when no command is given)',
   '  mock-worker  start simulated inference engines, for tests, demos and benchmarks',
-  '  demo         run a local demo: mock workers behind the gateway',
+  '  demo         run a local demo: three mesh peers in front of mock engines',
   '',
   'Options:',
   '  -h, --help     print help (`smg launch --help` lists the gateway flags)',

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * `smg` entry point. Bare `smg [flags]` = `smg launch [flags]`; `smg mock-worker …` runs simulated
- * engines; `smg demo` starts a gateway with three mock engines. Bad flags exit with status 2.
+ * engines; `smg demo` starts three mesh peers in front of mock engines. Bad flags exit with status 2.
  */
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';

@@ -88,7 +88,8 @@ export class MeshCluster {
     return this.specs.map((s) => `${s.host}:${s.meshPort}`).join(',');
   }
 
-  args(i: number, extra: string[] = []): string[] {
+  /** peer i's flags; `seeds: false` leaves the seeds out (the peer must rejoin from its stored members) */
+  args(i: number, extra: string[] = [], opts: { seeds?: boolean } = {}): string[] {
     const s = this.specs[i];
     return [
       '--host',
@@ -108,8 +109,7 @@ export class MeshCluster {
       s.name,
       '--data-dir',
       s.dataDir,
-      '--seeds',
-      this.seeds(),
+      ...(opts.seeds === false ? [] : ['--seeds', this.seeds()]),
       ...(this.opts.insecure ? ['--mesh-insecure'] : ['--mesh-cluster-key', this.key]),
       ...(this.opts.extra ?? []),
       ...(i === 0 ? (this.opts.firstExtra ?? []) : []),
@@ -118,8 +118,8 @@ export class MeshCluster {
   }
 
   /** (re)starts peer i with its ports and data dir */
-  async startPeer(i: number, extra: string[] = []): Promise<MeshPeer> {
-    const gw = await startGatewayProc(this.args(i, extra));
+  async startPeer(i: number, extra: string[] = [], opts: { seeds?: boolean } = {}): Promise<MeshPeer> {
+    const gw = await startGatewayProc(this.args(i, extra, opts));
     const peer = Object.assign(gw, {
       spec: this.specs[i],
       url: `http://${this.specs[i].host}:${this.specs[i].port}`,
