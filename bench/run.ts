@@ -1,7 +1,7 @@
 /**
  * Benchmark runner:
  *
- *   node dist/bench/run.js [proxy|routing|cache-aware ...] [--quick] [--profile]
+ *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh ...] [--quick] [--profile]
  *
  * Runs the named benchmarks (default: all, in that order). Each writes its JSON to
  * bench/results/<name>.json and prints it to stdout followed by one `SUMMARY <name>: …` line.
@@ -9,6 +9,7 @@
  */
 import { runCacheAwareBench } from './cache-aware.js';
 import { log, writeResult, type BenchOptions, type BenchOutcome } from './common.js';
+import { runMeshBench } from './mesh.js';
 import { stopAllNginx } from './nginx.js';
 import { runProxyBench } from './proxy.js';
 import { runReliabilityBench } from './reliability.js';
@@ -20,6 +21,7 @@ const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> 
   routing: runRoutingBench,
   'cache-aware': runCacheAwareBench,
   reliability: runReliabilityBench,
+  mesh: runMeshBench,
 };
 
 const USAGE = `usage: node dist/bench/run.js [${Object.keys(BENCHMARKS).join('|')} ...] [--quick] [--profile]

@@ -179,6 +179,8 @@ export class MeshRuntime {
         port: cfg.port,
         advertiseHost: advertise,
         ...(keyring && { clusterKey: keyring.primaryKey() }),
+        // registry changes are rare admin writes: sent on the next tick, not after a 50 ms window
+        topicBatchMs: { [REGISTRY_TOPIC]: 0 },
         logger: log,
       });
     } catch (err) {

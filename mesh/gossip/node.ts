@@ -52,6 +52,11 @@ export interface GossipNodeOptions {
   clusterKey?: Uint8Array;
   /** batching interval of publish(), default 50 ms */
   batchMs?: number;
+  /**
+   * per-topic batching interval overriding batchMs (e.g. 0 for rare, latency-sensitive registry
+   * changes: flushed on the next turn of the event loop, still one message per tick)
+   */
+  topicBatchMs?: Readonly<Record<string, number>>;
   logger?: GossipLogger;
   /** frame limit of channels (handle/open), default 4 MiB */
   maxFrameBytes?: number;
@@ -131,6 +136,9 @@ export class GossipNode {
   private readonly maxFrameBytes: number;
   private readonly queues = new Map<string, Uint8Array[]>();
   private flushTimer: ReturnType<typeof setTimeout> | null = null;
+  /** when the pending flush fires (ms since epoch) */
+  private flushDue = 0;
+  private readonly topicBatchMs: Readonly<Record<string, number>>;
   private publishChain: Promise<void> = Promise.resolve();
   private readonly handlers = new Map<string, Set<(payload: Uint8Array, from: string) => void>>();
   private readonly wanted = new Map<string, Wanted>();
@@ -159,6 +167,7 @@ export class GossipNode {
   ) {
     this.log = opts.logger ?? noopLogger;
     this.batchMs = opts.batchMs ?? 50;
+    this.topicBatchMs = { ...(opts.topicBatchMs ?? {}) };
     this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.peerId = libp2p.peerId.toString();
     this.multiaddr = `/${ipProto(opts.advertiseHost)}/${opts.advertiseHost}/tcp/${port}/p2p/${this.peerId}`;
@@ -279,12 +288,15 @@ export class GossipNode {
     }
     q.push(payload);
     this.stat(topic).payloadsOut++;
-    if (this.flushTimer == null) {
-      this.flushTimer = setTimeout(() => {
-        this.flushTimer = null;
-        this.flush();
-      }, this.batchMs);
-    }
+    const delay = Object.hasOwn(this.topicBatchMs, topic) ? this.topicBatchMs[topic] : this.batchMs;
+    const due = Date.now() + delay;
+    if (this.flushTimer != null && this.flushDue <= due) return;
+    if (this.flushTimer != null) clearTimeout(this.flushTimer);
+    this.flushDue = due;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = null;
+      this.flush();
+    }, delay);
   }
 
   subscribe(topic: string, handler: (payload: Uint8Array, from: string) => void): () => void {
