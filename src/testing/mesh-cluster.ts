@@ -119,7 +119,8 @@ export class MeshCluster {
 
   /** (re)starts peer i with its ports and data dir */
   async startPeer(i: number, extra: string[] = [], opts: { seeds?: boolean } = {}): Promise<MeshPeer> {
-    const gw = await startGatewayProc(this.args(i, extra, opts));
+    // many peers starting at once on a small machine take a while to load
+    const gw = await startGatewayProc(this.args(i, extra, opts), { readyTimeoutMs: 60_000 });
     const peer = Object.assign(gw, {
       spec: this.specs[i],
       url: `http://${this.specs[i].host}:${this.specs[i].port}`,

@@ -133,7 +133,7 @@ export interface GatewayProc extends Proc {
 /** starts `smg launch` on free ports; waits until /readiness is 200 unless `waitReady` is false */
 export async function startGatewayProc(
   args: string[],
-  opts: { waitReady?: boolean } = {},
+  opts: { waitReady?: boolean; readyTimeoutMs?: number } = {},
 ): Promise<GatewayProc> {
   const port = await freePort();
   const promPort = await freePort();
@@ -157,8 +157,14 @@ export async function startGatewayProc(
   const urlHost = host === '0.0.0.0' ? '127.0.0.1' : host;
   const url = `http://${urlHost}:${flag('--port') ?? port}`;
   if (opts.waitReady === false)
-    await waitFor(() => answers(`${url}/liveness`), 15_000, 'gateway liveness', proc);
-  else await waitFor(() => answers(`${url}/readiness`), 20_000, 'gateway readiness', proc);
+    await waitFor(() => answers(`${url}/liveness`), opts.readyTimeoutMs ?? 15_000, 'gateway liveness', proc);
+  else
+    await waitFor(
+      () => answers(`${url}/readiness`),
+      opts.readyTimeoutMs ?? 20_000,
+      'gateway readiness',
+      proc,
+    );
   const promHost = flag('--prometheus-host') ?? '127.0.0.1';
   return Object.assign(proc, {
     url,
