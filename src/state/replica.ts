@@ -97,7 +97,9 @@ export class Replica {
 
   /** registry changes from a peer (gossip); throws RegistryDocError on malformed bytes, doc intact */
   applyRegistryChanges(changes: Uint8Array[]): boolean {
-    return this.mutateRemote(() => this.doc.applyChanges(changes).changed);
+    // the new changes are the ones given (no need to ask Automerge which): reported when the
+    // document moved; changes still waiting for their dependencies are stored once a sync applies them
+    return this.mutateRemote(() => this.doc.applyChanges(changes).changed, changes);
   }
 
   /** one Automerge sync message from `peer`; the changes it carried are reported as `remote` */
@@ -105,13 +107,13 @@ export class Replica {
     return this.mutateRemote(() => this.doc.receiveSyncMessage(peer, msg).changed);
   }
 
-  private mutateRemote(fn: () => boolean): boolean {
+  private mutateRemote(fn: () => boolean, known?: Uint8Array[]): boolean {
     const before = this.doc.heads();
     const changed = fn();
     if (this.registryListeners.length > 0) {
       const heads = this.doc.heads();
       if (heads.length !== before.length || heads.some((h, i) => h !== before[i])) {
-        const added = this.doc.getChangesSince(before);
+        const added = known ?? this.doc.getChangesSince(before);
         if (added.length > 0) for (const l of this.registryListeners) l(added, 'remote');
       }
     }
