@@ -350,6 +350,44 @@ describe('mesh flags and files at start-up', () => {
     expect(readFileSync(`${dir}/state.db`, 'utf8')).toBe('this is not a database');
   });
 
+  it('/mesh/* is under control-plane auth; a node without --ha-mesh answers 503 mesh_disabled', async () => {
+    const dir = mkdtempSync(`${tmpdir()}/smg-auth-`);
+    const gw = await startGatewayProc(
+      [
+        '--ha-mesh',
+        '--mesh-port',
+        String(await freePort()),
+        '--mesh-node-name',
+        'solo',
+        '--data-dir',
+        dir,
+        '--control-plane-api-keys',
+        'ops:Ops:admin:admin-key',
+        'viewer:Viewer:user:user-key',
+      ],
+      { waitReady: false },
+    );
+    const plain = await startGatewayProc([], { waitReady: false });
+    try {
+      expect((await json(`${gw.url}/mesh/status`)).status).toBe(401);
+      const ok = await json(`${gw.url}/mesh/status`, { headers: { authorization: 'Bearer admin-key' } });
+      expect(ok).toMatchObject({ status: 200, body: { node_name: 'solo', node_count: 1 } });
+      const denied = await json(`${gw.url}/mesh/config`, {
+        method: 'POST',
+        headers: { authorization: 'Bearer user-key' },
+        body: JSON.stringify({ key: 'k', value: '00' }),
+      });
+      expect(denied.status).toBe(403);
+      expect(await json(`${plain.url}/mesh/status`)).toMatchObject({
+        status: 503,
+        body: { error: { code: 'mesh_disabled' } },
+      });
+    } finally {
+      await gw.stop();
+      await plain.stop();
+    }
+  });
+
   it('a mesh on a public address without a key is refused', async () => {
     const p = spawnSmg(['--ha-mesh', '--mesh-host', '0.0.0.0']);
     const code = await new Promise<number | null>((r) => p.child.once('exit', (c) => r(c)));
