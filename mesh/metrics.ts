@@ -5,7 +5,8 @@
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { NodeStore } from '../store/node-store.js';
-import type { MeshRuntime } from './runtime.js';
+import type { TopicStats } from './gossip/node.js';
+import type { MeshCounters, MeshRuntime } from './runtime.js';
 
 const RTT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
 const LAG_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -99,40 +100,47 @@ export function registerMeshMetrics(registry: Registry, src: MeshMetricsSource):
       setCounter(this, { result: 'failed' }, s.probesFailed);
     },
   });
-  new Counter({
-    name: 'smg_mesh_messages_total',
-    help: 'Mesh messages by topic (swim = UDP datagrams) and direction',
-    labelNames: ['topic', 'direction'],
-    registers,
-    collect() {
-      const rt = src.runtime();
-      if (!rt) return;
-      const c = rt.counters();
-      setCounter(this, { topic: 'swim', direction: 'in' }, c.udp.packetsIn);
-      setCounter(this, { topic: 'swim', direction: 'out' }, c.udp.packetsOut);
-      for (const [topic, t] of Object.entries(c.gossip.topics)) {
-        setCounter(this, { topic, direction: 'in' }, t.messagesIn);
-        setCounter(this, { topic, direction: 'out' }, t.messagesOut);
-      }
-    },
-  });
-  new Counter({
-    name: 'smg_mesh_bytes_total',
-    help: 'Mesh payload bytes by topic (swim = UDP datagrams) and direction',
-    labelNames: ['topic', 'direction'],
-    registers,
-    collect() {
-      const rt = src.runtime();
-      if (!rt) return;
-      const c = rt.counters();
-      setCounter(this, { topic: 'swim', direction: 'in' }, c.udp.bytesIn);
-      setCounter(this, { topic: 'swim', direction: 'out' }, c.udp.bytesOut);
-      for (const [topic, t] of Object.entries(c.gossip.topics)) {
-        setCounter(this, { topic, direction: 'in' }, t.bytesIn);
-        setCounter(this, { topic, direction: 'out' }, t.bytesOut);
-      }
-    },
-  });
+  // messages and bytes per topic: SWIM datagrams as topic "swim", then every gossip topic
+  const perTopic = (
+    name: string,
+    help: string,
+    udp: (c: MeshCounters) => [number, number],
+    gossip: (t: TopicStats) => [number, number],
+  ) =>
+    new Counter({
+      name,
+      help,
+      labelNames: ['topic', 'direction'],
+      registers,
+      collect() {
+        const rt = src.runtime();
+        if (!rt) return;
+        const c = rt.counters();
+        const rows: [string, [number, number]][] = [
+          ['swim', udp(c)],
+          ...Object.entries(c.gossip.topics).map(([topic, t]): [string, [number, number]] => [
+            topic,
+            gossip(t),
+          ]),
+        ];
+        for (const [topic, [inn, out]] of rows) {
+          setCounter(this, { topic, direction: 'in' }, inn);
+          setCounter(this, { topic, direction: 'out' }, out);
+        }
+      },
+    });
+  perTopic(
+    'smg_mesh_messages_total',
+    'Mesh messages by topic (swim = UDP datagrams) and direction',
+    (c) => [c.udp.packetsIn, c.udp.packetsOut],
+    (t) => [t.messagesIn, t.messagesOut],
+  );
+  perTopic(
+    'smg_mesh_bytes_total',
+    'Mesh payload bytes by topic (swim = UDP datagrams) and direction',
+    (c) => [c.udp.bytesIn, c.udp.bytesOut],
+    (t) => [t.bytesIn, t.bytesOut],
+  );
   new Counter({
     name: 'smg_mesh_dropped_packets_total',
     help: 'Mesh input dropped, by reason (auth, replay, malformed, oversized, unknown_sender, handler_error)',

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Replica } from '../src/state/replica.js';
 import { RegistryDoc, actorIdFor } from '../src/state/registry-doc.js';
-import type { WorkerSpec } from '../src/state/worker.js';
+import { testWorkerSpec } from '../src/testing/worker-spec.js';
 import type { Channel } from './gossip/node.js';
 import { answerRegistrySync, runRegistrySync } from './registry-sync.js';
 
@@ -42,18 +42,7 @@ function channelPair(): [Channel, Channel] {
   return [make(aIn, aW, bIn, bW, state), make(bIn, bW, aIn, aW, state)];
 }
 
-const spec = (url: string): WorkerSpec =>
-  ({
-    url,
-    models: ['m'],
-    worker_type: 'regular',
-    connection_mode: 'http',
-    runtime: 'unspecified',
-    labels: {},
-    priority: 50,
-    cost: 1,
-    health: {},
-  }) as unknown as WorkerSpec;
+const spec = (url: string) => testWorkerSpec(url);
 
 function replica(node: string): Replica {
   return new Replica({ nodeId: node, registryDoc: RegistryDoc.create(actorIdFor(node, 1)) });

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Replica } from '../src/state/replica.js';
-import type { WorkerSpec } from '../src/state/worker.js';
+import { testWorkerSpec } from '../src/testing/worker-spec.js';
 import { NodeStore, StoreError } from './node-store.js';
 import { COMPACT_THRESHOLD, openNodeState, persistReplica } from './persistence.js';
 
@@ -17,18 +17,7 @@ afterEach(() => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-const spec = (url: string): WorkerSpec =>
-  ({
-    url,
-    models: ['m'],
-    worker_type: 'regular',
-    connection_mode: 'http',
-    runtime: 'unspecified',
-    labels: {},
-    priority: 50,
-    cost: 1,
-    health: {},
-  }) as unknown as WorkerSpec;
+const spec = (url: string) => testWorkerSpec(url);
 
 function boot(d: string) {
   const st = openNodeState(d, { nodeName: 'n1' });
