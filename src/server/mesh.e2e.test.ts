@@ -146,6 +146,35 @@ describe('HA mesh (three real peers)', () => {
         `policy seen by ${p.spec.name}`,
       );
     }
+    // PATCH and DELETE on peers other than the one that registered the worker
+    const target = mocks.urls[5];
+    const reg = await json(`${p3.url}/workers`, {
+      method: 'POST',
+      body: JSON.stringify({ url: target, health: { drain_settle_secs: 0 } }),
+    });
+    const id = (reg.body as { worker_id: string }).worker_id;
+    await waitFor(async () => (await workerUrls(p1.url)).includes(target), 5_000, 'new worker on peer 1');
+    const patched = await json(`${p1.url}/workers/${id}`, {
+      method: 'PATCH',
+      body: JSON.stringify({ priority: 7 }),
+    });
+    expect(patched.status).toBeLessThan(300);
+    await waitFor(
+      async () => {
+        const { body } = await json(`${p2.url}/workers/${id}`);
+        return (body as { priority?: number }).priority === 7;
+      },
+      5_000,
+      'PATCH from peer 1 seen on peer 2',
+    );
+    const del = await json(`${p2.url}/workers/${id}`, { method: 'DELETE' });
+    expect(del.status).toBeLessThan(300);
+    for (const p of [p1, p2, p3])
+      await waitFor(
+        async () => !(await workerUrls(p.url)).includes(target),
+        8_000,
+        `DELETE seen by ${p.spec.name}`,
+      );
     // bad admin input: clear 400s, nothing written
     expect(
       (await json(`${p1.url}/mesh/config`, { method: 'POST', body: '{"key":"k","value":"abc"}' })).status,
