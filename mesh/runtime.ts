@@ -29,7 +29,7 @@ import { Keyring } from './swim/keyring.js';
 import type { Member, MemberState } from './swim/member.js';
 import { SwimNode, type SwimStats } from './swim/swim.js';
 import type { Clock } from './swim/transport.js';
-import { UdpTransport, formatHostPort, type UdpTransportStats } from './swim/udp-transport.js';
+import { UdpTransport, formatHostPort, parseHostPort, type UdpTransportStats } from './swim/udp-transport.js';
 
 export const REGISTRY_TOPIC = 'smg/registry/1';
 const REGISTRY_PROTOCOL = 'registry';
@@ -111,10 +111,9 @@ export async function resolveSeeds(
   const out = new Set<string>();
   await Promise.all(
     seeds.map(async (seed) => {
-      const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(seed);
-      if (!m) return;
-      const host = m[1] ?? m[2];
-      const port = Number(m[3]);
+      const hp = parseHostPort(seed);
+      if (!hp) return;
+      const { host, port } = hp;
       if (isIP(host) !== 0) {
         out.add(formatHostPort(host, port));
         return;
@@ -457,10 +456,5 @@ export class MeshRuntime {
     if (this.joinTimer) clearTimeout(this.joinTimer);
     await this.gossip.stop();
     await this.swim.shutdown();
-  }
-
-  /** leaves (if not already) and stops everything */
-  close(): Promise<void> {
-    return this.leave();
   }
 }

@@ -5,18 +5,10 @@
  */
 import { SwimNode, type SwimConfig } from './swim.js';
 import type { Clock, PacketTransport, Random } from './transport.js';
+import { seededRandom } from '../../src/testing/prng.js';
 
-/** mulberry32: tiny, fast and good enough for simulation (not for anything secret) */
-export function seededRandom(seed: number): Random {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** the project's seeded PRNG (mulberry32), re-exported for simulator users */
+export { seededRandom };
 
 interface SimEvent {
   at: number;

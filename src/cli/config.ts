@@ -24,6 +24,7 @@ import {
   validateTenantRules,
 } from '../server/admission/index.js';
 import { parseClusterKey } from '../../mesh/swim/keyring.js';
+import { parseHostPort } from '../../mesh/swim/udp-transport.js';
 import type { Config, LogLevel, MeshConfig, PriorityClass } from './config-types.js';
 
 /** worker URL validation is shared with the admin API (POST/PUT /workers) */
@@ -453,14 +454,15 @@ const HOSTNAME_RE =
 
 /** `host:port`, `[v6]:port`; host is a DNS name, an IPv4 or an IPv6 literal. Returns a message or null. */
 export function checkHostPort(entry: string): string | null {
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(entry);
-  if (!m)
-    return `malformed seed ${show(entry)}; expected host:port (e.g. 10.0.0.2:30001, gw-1.smg:30001, [::1]:30001)`;
-  const host = m[1] ?? m[2];
-  const portNum = Number(m[3]);
-  if (portNum < 1 || portNum > 65535) return `seed ${show(entry)}: port must be between 1 and 65535`;
-  if (m[1] !== undefined ? isIP(host) !== 6 : isIP(host) === 0 && !HOSTNAME_RE.test(host))
-    return `seed ${show(entry)}: ${show(host)} is not a host name or IP address`;
+  const hp = parseHostPort(entry);
+  if (!hp) {
+    const port = /:(\d{1,5})$/.exec(entry);
+    return port && !entry.startsWith(':') && (Number(port[1]) < 1 || Number(port[1]) > 65535)
+      ? `seed ${show(entry)}: port must be between 1 and 65535`
+      : `malformed seed ${show(entry)}; expected host:port (e.g. 10.0.0.2:30001, gw-1.smg:30001, [::1]:30001)`;
+  }
+  if (isIP(hp.host) === 0 && !HOSTNAME_RE.test(hp.host))
+    return `seed ${show(entry)}: ${show(hp.host)} is not a host name or IP address`;
   return null;
 }
 

@@ -16,15 +16,18 @@ import { workerInfo } from './worker-info.js';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const FANOUT_TIMEOUT_MS = 10_000;
 
-function jsonBody(req: FastifyRequest): unknown {
+/** the raw body of an admin call as JSON; `fail` builds the 400 for an empty or unparsable body */
+export function readJsonBody(req: FastifyRequest, fail: (message: string) => Error): unknown {
   const raw = req.body;
-  if (!Buffer.isBuffer(raw) || raw.length === 0) throw errors.invalidWorker('request body is empty');
+  if (!Buffer.isBuffer(raw) || raw.length === 0) throw fail('request body is empty');
   try {
     return JSON.parse(raw.toString('utf8'));
   } catch (err) {
-    throw errors.invalidWorker(`invalid JSON body: ${err instanceof Error ? err.message : String(err)}`);
+    throw fail(`invalid JSON body: ${err instanceof Error ? err.message : String(err)}`);
   }
 }
+
+const jsonBody = (req: FastifyRequest): unknown => readJsonBody(req, errors.invalidWorker);
 
 function workerId(req: FastifyRequest): string {
   const id = (req.params as { id: string }).id;

@@ -270,7 +270,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
       meshMetrics.attach(mesh);
     }
   } catch (err) {
-    await mesh?.close().catch(() => undefined);
+    await mesh?.leave().catch(() => undefined);
     stopPersist?.();
     state?.store.close();
     clearInterval(maintenance);

@@ -6,6 +6,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { MeshRuntime } from '../../mesh/runtime.js';
 import { SmgError } from '../protocols/errors.js';
+import { readJsonBody } from './admin-routes.js';
 import { isPolicyName } from '../routing/factory.js';
 import type { PolicyRegistry } from '../routing/registry.js';
 import { POLICY_NAMES } from '../routing/types.js';
@@ -29,14 +30,7 @@ const meshDisabled = () =>
 const badRequest = (message: string) => new SmgError(400, 'invalid_request', message);
 
 function jsonBody(req: FastifyRequest): Record<string, unknown> {
-  const raw = req.body;
-  if (!Buffer.isBuffer(raw) || raw.length === 0) throw badRequest('request body is empty');
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(raw.toString('utf8'));
-  } catch (err) {
-    throw badRequest(`invalid JSON body: ${(err as Error).message}`);
-  }
+  const parsed = readJsonBody(req, badRequest);
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
     throw badRequest('body must be a JSON object');
   return parsed as Record<string, unknown>;

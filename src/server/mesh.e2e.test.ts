@@ -254,40 +254,27 @@ describe('HA mesh (three real peers)', () => {
 
   it('a process with the wrong key, or none, can neither join nor read state', async () => {
     const p1 = cluster.peer(0);
-    const wrong = await startGatewayProc(
-      [
-        '--ha-mesh',
-        '--mesh-host',
-        '127.0.0.1',
-        '--mesh-port',
-        String(await freePort()),
-        '--mesh-node-name',
-        'intruder',
-        '--data-dir',
-        `${cluster.root}/intruder`,
-        '--seeds',
-        cluster.seeds(),
-        '--mesh-cluster-key',
-        generateClusterKey(),
-      ],
-      { waitReady: false },
-    );
-    const keyless = await startGatewayProc(
-      [
-        '--ha-mesh',
-        '--mesh-host',
-        '127.0.0.1',
-        '--mesh-port',
-        String(await freePort()),
-        '--mesh-node-name',
-        'keyless',
-        '--data-dir',
-        `${cluster.root}/keyless`,
-        '--seeds',
-        cluster.seeds(),
-      ],
-      { waitReady: false },
-    );
+    /** a process that points its seeds at the cluster, with the given key flags */
+    const outsider = async (name: string, keyArgs: string[]) =>
+      startGatewayProc(
+        [
+          '--ha-mesh',
+          '--mesh-host',
+          '127.0.0.1',
+          '--mesh-port',
+          String(await freePort()),
+          '--mesh-node-name',
+          name,
+          '--data-dir',
+          `${cluster.root}/${name}`,
+          '--seeds',
+          cluster.seeds(),
+          ...keyArgs,
+        ],
+        { waitReady: false },
+      );
+    const wrong = await outsider('intruder', ['--mesh-cluster-key', generateClusterKey()]);
+    const keyless = await outsider('keyless', []);
     try {
       await new Promise((r) => setTimeout(r, 4000));
       for (const outsider of [wrong, keyless]) {
