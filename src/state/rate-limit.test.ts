@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { RateLimitSlotsEvent } from './events.js';
 import { RateLimitUsage } from './rate-limit.js';
+import { simulateMesh } from './rate-limit-sim.js';
 
 const W = 60_000;
 /** the start of a window, so offsets below read as "seconds into the window" */
@@ -189,5 +190,187 @@ describe('RateLimitUsage as a G-counter', () => {
 
   it('rejects a zero or negative window length', () => {
     expect(() => new RateLimitUsage('a', { windowMs: 0 })).toThrow(/windowMs/);
+  });
+});
+
+describe('RateLimitUsage share rule (peers > 1)', () => {
+  it('changes nothing for a node alone: admits is the window rule', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 100 }),
+        fc.integer({ min: 0, max: 100 }),
+        fc.integer({ min: 0, max: 20 }),
+        fc.integer({ min: 0, max: W - 1 }),
+        fc.integer({ min: 1, max: 120 }),
+        fc.integer({ min: 1, max: 5 }),
+        (prev, cur, pending, into, limit, need) => {
+          const u = usage();
+          u.add('k', prev, 0, T0 - 1);
+          u.add('k', cur, 0, T0);
+          u.reserve('k', pending, 0);
+          u.apply({
+            kind: 'ratelimit.slots',
+            origin: 'peer',
+            key: 'k',
+            window: T0 / W,
+            windowMs: W,
+            requests: 7,
+            tokens: 0,
+          });
+          const now = T0 + into;
+          const plain = u.estimate('k', now).requests + need <= limit + 1e-9;
+          expect(u.admits('k', 'requests', limit, need, now)).toBe(plain);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('holds this node’s unseen usage to its share of what the others left', () => {
+    let now = T0;
+    const u = new RateLimitUsage('a', { windowMs: W, now: () => now, inFlightMs: 100 });
+    u.setPeers(3);
+    const peer = (origin: string, requests: number): RateLimitSlotsEvent => ({
+      kind: 'ratelimit.slots',
+      origin,
+      key: 'k',
+      window: T0 / W,
+      windowMs: W,
+      requests,
+      tokens: 0,
+    });
+    // b and c are active with 10 each: 100 − 20 = 80 left; a's share is half an equal share plus
+    // half its part of the usage everyone has seen (0 of 20): 80 × 1/6 ≈ 13.3
+    u.apply(peer('b', 10));
+    u.apply(peer('c', 10));
+    let n = 0;
+    while (u.admits('k', 'requests', 100, 1)) {
+      u.add('k', 1, 0);
+      n++;
+    }
+    // U + 1 ≤ 80 × 1/6: 13 (a's own unseen admissions do not raise its part of the seen usage)
+    expect(n).toBe(13);
+    // handed out but still in flight: still unseen, still held
+    expect(u.takeDirty()).toHaveLength(1);
+    expect(u.admits('k', 'requests', 100, 1)).toBe(false);
+    // once the peers have had time to receive it, the next share opens
+    now += 101;
+    expect(u.admits('k', 'requests', 100, 1)).toBe(true);
+    // the window rule still caps everything
+    u.add('k', 100 - 20 - n, 0);
+    expect(u.estimate('k').requests).toBe(100);
+    u.takeDirty();
+    now += 200;
+    expect(u.admits('k', 'requests', 100, 1)).toBe(false);
+  });
+
+  it('peers hit at once on a cold key hold each other to a share until they see each other', () => {
+    const nodes = ['a', 'b', 'c'].map((id) => {
+      const u = usage(id);
+      u.setPeers(3);
+      return u;
+    });
+    // nothing seen yet: each may hold a third of the limit unseen
+    const counts = nodes.map((u) => {
+      let n = 0;
+      while (u.admits('k', 'requests', 60, 1, T0)) {
+        u.add('k', 1, 0, T0);
+        n++;
+      }
+      return n;
+    });
+    expect(counts).toEqual([20, 20, 20]);
+  });
+
+  it('setInFlightMs changes how long a hand-out counts as unseen', () => {
+    let now = T0;
+    const u = new RateLimitUsage('a', { windowMs: W, now: () => now });
+    expect(u.inFlightMs).toBe(100);
+    u.setPeers(2);
+    u.setInFlightMs(300);
+    u.add('k', 50, 0);
+    u.takeDirty();
+    now += 200;
+    // 50 unseen > (100 − 0) × ½ · ½
+    expect(u.admits('k', 'requests', 100, 1)).toBe(false);
+    now += 101;
+    expect(u.admits('k', 'requests', 100, 1)).toBe(true);
+    u.setInFlightMs(Number.NaN);
+    expect(u.inFlightMs).toBe(100);
+  });
+
+  it('a request bigger than a share passes as the first unseen one', () => {
+    const u = usage('a');
+    u.setPeers(4);
+    u.apply({
+      kind: 'ratelimit.slots',
+      origin: 'b',
+      key: 'k',
+      window: T0 / W,
+      windowMs: W,
+      requests: 0,
+      tokens: 100,
+    });
+    // 900 left, a share is at most 900 × (1/2 + 0)/2 = 225 tokens; 600 fit the window: admitted once
+    expect(u.admits('k', 'tokens', 1000, 600, T0)).toBe(true);
+    u.add('k', 0, 600, T0);
+    expect(u.admits('k', 'tokens', 1000, 100, T0)).toBe(false);
+    // a limit smaller than the number of peers still admits
+    const v = usage('a');
+    v.setPeers(3);
+    v.apply({
+      kind: 'ratelimit.slots',
+      origin: 'b',
+      key: 'x',
+      window: T0 / W,
+      windowMs: W,
+      requests: 0,
+      tokens: 0,
+    });
+    expect(v.admits('x', 'requests', 2, 1, T0)).toBe(true);
+  });
+
+  describe('3 simulated peers, slots delivered 50–100 ms after each 50 ms takeDirty', () => {
+    const cases: [string, number[], number][] = [
+      ['even load at 2.5× the limit', [1 / 3, 1 / 3, 1 / 3], 2.5],
+      ['even load at 3× the limit', [1 / 3, 1 / 3, 1 / 3], 3],
+      ['skewed 80/10/10 at 2× the limit', [0.8, 0.1, 0.1], 2],
+      ['skewed 80/10/10 at 3× the limit', [0.8, 0.1, 0.1], 3],
+      ['everything on one peer at 2.5× the limit', [1, 0, 0], 2.5],
+    ];
+    for (const [what, split, offered] of cases) {
+      it(`${what}: every 1 s window admits ≤ 1.05× the limit and ≥ 0.88× on average`, () => {
+        for (const seed of [1, 2, 3]) {
+          const r = simulateMesh({ limit: 200, windowMs: 1000, split, offered, windows: 10, seed });
+          expect(r.maxRatio, `seed ${seed}: ${r.perWindow.join(' ')}`).toBeLessThanOrEqual(1.05);
+          expect(r.meanRatio, `seed ${seed}: ${r.perWindow.join(' ')}`).toBeGreaterThanOrEqual(0.88);
+        }
+      });
+    }
+
+    it('without the share rule the same even load over-admits (the rule is what bounds it)', () => {
+      const r = simulateMesh({
+        limit: 200,
+        windowMs: 1000,
+        split: [1 / 3, 1 / 3, 1 / 3],
+        offered: 3,
+        windows: 10,
+        seed: 1,
+        shareRule: false,
+      });
+      expect(r.maxRatio).toBeGreaterThan(1.1);
+    });
+
+    it('per-minute tenant limits stay within 1% of the limit', () => {
+      const r = simulateMesh({
+        limit: 600,
+        windowMs: 60_000,
+        split: [0.8, 0.1, 0.1],
+        offered: 3,
+        windows: 3,
+      });
+      expect(r.maxRatio).toBeLessThanOrEqual(1.01);
+      expect(r.meanRatio).toBeGreaterThanOrEqual(0.97);
+    });
   });
 });

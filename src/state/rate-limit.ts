@@ -10,6 +10,10 @@
  * On top of that sits this node's `pending` usage (reserved for requests it admitted but has not
  * settled yet): local only, never replicated, because a G-counter cannot give a reservation back.
  *
+ * In a mesh (`setPeers(n > 1)`) `admits` adds a share rule on top of the window rule: the usage
+ * this node has not yet handed to the peers, or handed out within the transport lag, is held to its
+ * share of what is left, which bounds what N peers admit on each other's late counts.
+ *
  * Windows older than the previous one are useless to the estimate: they are pruned lazily (on
  * access to a key, and in one sweep per window) and slot events for them are ignored.
  *
@@ -18,6 +22,12 @@
 import type { RateLimitSlotsEvent } from './events.js';
 
 export const DEFAULT_RATE_LIMIT_WINDOW_MS = 60_000;
+export const DEFAULT_IN_FLIGHT_MS = 100;
+/** the cluster-wide request rate limit counts per second */
+export const GLOBAL_RATE_WINDOW_MS = 1000;
+
+/** float noise in the window estimate must not reject a request that exactly fits */
+const SLACK = 1e-9;
 
 /** whole milliseconds, rounding up, without float noise turning 80000.00000000001 into 80001 */
 function wholeMs(ms: number): number {
@@ -41,6 +51,32 @@ class WindowCounts {
   /** Σ over `slots`, kept in step so the estimate never iterates nodes */
   requests = 0;
   tokens = 0;
+  /** what this node added to its own slot since the last `takeDirty`: not seen by any peer yet */
+  unsentRequests = 0;
+  unsentTokens = 0;
+  /**
+   * What `takeDirty` handed out within the last `inFlightMs`, still on its way to the peers:
+   * [at, requests, tokens] triples, oldest first, with their sums.
+   */
+  readonly inFlight: number[] = [];
+  inFlightRequests = 0;
+  inFlightTokens = 0;
+
+  /** forgets the hand-outs the peers have had time to receive */
+  expire(before: number): void {
+    let i = 0;
+    const q = this.inFlight;
+    while (i < q.length && q[i] <= before) {
+      this.inFlightRequests -= q[i + 1];
+      this.inFlightTokens -= q[i + 2];
+      i += 3;
+    }
+    if (i > 0) q.splice(0, i);
+    if (q.length === 0) {
+      this.inFlightRequests = 0;
+      this.inFlightTokens = 0;
+    }
+  }
   /** the own slot changed since the last `takeDirty` */
   dirty = false;
 }
@@ -57,6 +93,11 @@ export interface RateLimitUsageOptions {
   /** window length (60 s for per-minute limits) */
   windowMs?: number;
   now?: () => number;
+  /**
+   * How long after `takeDirty` hands a slot out the share rule still counts it as unseen by the
+   * peers (the transport lag; default 100 ms, 0 = seen at once)
+   */
+  inFlightMs?: number;
 }
 
 /** canonical, JSON-able copy of the replicated slots: [key, [window, [node, requests, tokens][]][]][] */
@@ -64,9 +105,11 @@ export type RateLimitUsageState = [string, [number, [string, number, number][]][
 
 export class RateLimitUsage {
   readonly windowMs: number;
+  private inFlightLagMs: number;
   private readonly now: () => number;
   private readonly keys = new Map<string, KeyUsage>();
   private readonly dirty: { key: string; window: number; counts: WindowCounts }[] = [];
+  private peerCount = 1;
   /** the window in which the last full sweep of idle keys ran */
   private sweptWindow = -Infinity;
 
@@ -77,6 +120,7 @@ export class RateLimitUsage {
     const windowMs = opts.windowMs ?? DEFAULT_RATE_LIMIT_WINDOW_MS;
     if (!Number.isFinite(windowMs) || windowMs <= 0) throw new Error(`windowMs must be > 0, got ${windowMs}`);
     this.windowMs = windowMs;
+    this.inFlightLagMs = Math.max(0, opts.inFlightMs ?? DEFAULT_IN_FLIGHT_MS);
     this.now = opts.now ?? Date.now;
   }
 
@@ -130,6 +174,87 @@ export class RateLimitUsage {
     return wholeMs((1 - elapsed + until) * this.windowMs);
   }
 
+  /**
+   * The number of alive peers including this node (the mesh sets it on every membership change; 1
+   * without a mesh). With more than one, `admits` adds the share rule.
+   */
+  setPeers(n: number): void {
+    this.peerCount = Number.isFinite(n) && n >= 1 ? Math.floor(n) : 1;
+  }
+
+  get peers(): number {
+    return this.peerCount;
+  }
+
+  /**
+   * How long a handed-out slot still counts as unseen by the peers: the mesh may set it from the
+   * lag it observes (hand-out interval excluded); clamped to 0..10 s
+   */
+  setInFlightMs(ms: number): void {
+    this.inFlightLagMs = Number.isFinite(ms) ? Math.min(10_000, Math.max(0, ms)) : DEFAULT_IN_FLIGHT_MS;
+  }
+
+  get inFlightMs(): number {
+    return this.inFlightLagMs;
+  }
+
+  /**
+   * Whether `need` more of `dimension` may be admitted under `limit` on this node now.
+   *
+   * Alone (peers = 1) that is the window rule: E + need ≤ limit, E being the sliding-window
+   * estimate (pending included). In a mesh the peers see each other's admissions only after the
+   * next `takeDirty` plus the transport lag, so N peers admitting up to the limit on stale views
+   * would over-admit by (offered rate × lag). The share rule bounds that. Let U be this node's
+   * usage no peer can have seen yet: its admissions since the last `takeDirty`, what `takeDirty`
+   * handed out within the last `inFlightMs`, and pending reservations. The request also needs
+   * U + need ≤ (limit − (E − U)) × share: each peer may hold unseen at most its share of what is
+   * left of the usage everyone has seen, so together they pass the limit by at most what is in
+   * transit for longer than `inFlightMs`. share = ½ · 1/N + ½ · (this node's part of the seen
+   * usage E − U): the seen numbers are the same on every peer, so the shares sum to 1, and the peer
+   * that carries most of the traffic gets most of the room. The first unseen admission (U = 0)
+   * needs only the window rule, so a request bigger than a share, or a limit smaller than the peer
+   * count, still gets through (one per peer per lag).
+   */
+  admits(key: string, dimension: UsageDimension, limit: number, need: number, now = this.now()): boolean {
+    const k = this.keys.get(key);
+    if (!k) return need <= limit + SLACK;
+    const w = this.windowOf(now);
+    this.pruneKey(k, w);
+    const weight = 1 - (now - w * this.windowMs) / this.windowMs;
+    const cur = k.windows.get(w);
+    const prev = k.windows.get(w - 1);
+    const requests = dimension === 'requests';
+    const pending = requests ? k.pendingRequests : k.pendingTokens;
+    let e = pending;
+    let u = pending;
+    const seenBy = now - this.inFlightLagMs;
+    if (cur) {
+      e += requests ? cur.requests : cur.tokens;
+      if (cur.inFlight.length > 0) cur.expire(seenBy);
+      u += requests ? cur.unsentRequests + cur.inFlightRequests : cur.unsentTokens + cur.inFlightTokens;
+    }
+    if (prev) {
+      e += (requests ? prev.requests : prev.tokens) * weight;
+      if (prev.inFlight.length > 0) prev.expire(seenBy);
+      u +=
+        (requests ? prev.unsentRequests + prev.inFlightRequests : prev.unsentTokens + prev.inFlightTokens) *
+        weight;
+    }
+    if (e + need > limit + SLACK) return false;
+    if (this.peerCount <= 1 || u <= SLACK) return true;
+    const n = this.peerCount;
+    // half an equal share, half this node's part of the usage the peers have all seen (its own
+    // unseen usage must not inflate it)
+    const seen = e - u;
+    let ownSeen = pending - u;
+    const curOwn = cur?.slots.get(this.nodeId);
+    const prevOwn = prev?.slots.get(this.nodeId);
+    if (curOwn) ownSeen += requests ? curOwn.requests : curOwn.tokens;
+    if (prevOwn) ownSeen += (requests ? prevOwn.requests : prevOwn.tokens) * weight;
+    const share = seen > SLACK ? (1 / n + Math.max(0, ownSeen) / seen) / 2 : 1 / n;
+    return u + need <= (limit - (e - u)) * share + SLACK;
+  }
+
   /** a local increment: adds to this node's slot of the current window (a G-counter only grows) */
   add(key: string, requests: number, tokens: number, now = this.now()): void {
     if (!(requests > 0) && !(tokens > 0)) return;
@@ -147,6 +272,8 @@ export class RateLimitUsage {
     own.tokens += t;
     counts.requests += r;
     counts.tokens += t;
+    counts.unsentRequests += r;
+    counts.unsentTokens += t;
     if (!counts.dirty) {
       counts.dirty = true;
       this.dirty.push({ key, window: w, counts });
@@ -201,7 +328,16 @@ export class RateLimitUsage {
     this.maybeSweep(w);
     const out: RateLimitSlotsEvent[] = [];
     for (const d of this.dirty) {
-      d.counts.dirty = false;
+      const c = d.counts;
+      c.dirty = false;
+      if (this.inFlightLagMs > 0 && (c.unsentRequests > 0 || c.unsentTokens > 0)) {
+        c.expire(now - this.inFlightLagMs);
+        c.inFlight.push(now, c.unsentRequests, c.unsentTokens);
+        c.inFlightRequests += c.unsentRequests;
+        c.inFlightTokens += c.unsentTokens;
+      }
+      c.unsentRequests = 0;
+      c.unsentTokens = 0;
       if (d.window < w - 1) continue;
       const own = d.counts.slots.get(this.nodeId);
       if (!own) continue;

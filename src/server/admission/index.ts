@@ -1,9 +1,10 @@
 /**
  * Admission: the one object the request path asks "may this request run now?". In order:
+ * 0. the cluster-wide request rate limit (`/mesh/rate-limit`, with `globalRateLimit`), then
  * 1. tenant rate limits (cheap reject, nothing queued), then
  * 2. either the priority scheduler (`--priority-scheduler-enabled`) or the legacy concurrency
  *    limit + start rate + FIFO queue (`--max-concurrent-requests > 0`).
- * A request refused or abandoned at step 2 gives its tenant quota back.
+ * A request refused or abandoned at a later step gives its global and tenant quota back.
  *
  * The decision is synchronous whenever it can be: `done` runs before `admit` returns, and no
  * promise is allocated. Only a request that has to wait gets a `PendingAdmission` handle; it ends
@@ -39,6 +40,7 @@ import {
   workerCapacity,
   type PrioritySchedulerFile,
 } from './priority.js';
+import { GlobalRateLimiter, type GlobalLease } from './global-limit.js';
 import {
   TenantRateLimiter,
   loadTenantRateLimitConfig,
@@ -97,6 +99,11 @@ export interface AdmissionDeps {
   priorityFile?: PrioritySchedulerFile;
   /** when given, the tenant rules are checked against it (`header:` tenants need a trusted header) */
   trustTenantHeader?: boolean;
+  /**
+   * enforce the cluster-wide request rate limit kept in the registry document (set it with
+   * `cfg.mesh.enabled`: only the mesh routes can set the limit)
+   */
+  globalRateLimit?: boolean;
 }
 
 class Ticket implements AdmissionTicket {
@@ -158,6 +165,7 @@ class Attempt implements PendingAdmission {
   constructor(
     private readonly admission: Admission,
     private readonly lease: TenantLease | undefined,
+    private readonly global: GlobalLease | undefined,
     private readonly done: AdmissionDone,
   ) {}
 
@@ -175,6 +183,7 @@ class Attempt implements PendingAdmission {
     this.finished = true;
     this.wait?.cancel();
     this.lease?.cancel();
+    this.global?.cancel();
   }
 
   private finish(
@@ -191,9 +200,11 @@ class Attempt implements PendingAdmission {
     this.finished = true;
     if (err) {
       this.lease?.cancel();
+      this.global?.cancel();
       this.admission.deliver(this.done, err, undefined);
       return;
     }
+    this.global?.commit();
     this.lease?.commit();
     this.admission.deliver(this.done, undefined, new Ticket(this.admission.logger, this.lease, slot, permit));
   }
@@ -203,7 +214,7 @@ export class Admission {
   /** undefined when everything is off: the request path then skips admission entirely */
   static fromConfig(cfg: AdmissionConfig, deps: AdmissionDeps): Admission | undefined {
     const legacy = !cfg.priorityScheduler && cfg.maxConcurrentRequests > 0;
-    if (!cfg.priorityScheduler && !legacy && !cfg.tenantRateLimit) return undefined;
+    if (!cfg.priorityScheduler && !legacy && !cfg.tenantRateLimit && !deps.globalRateLimit) return undefined;
     let tenantRules: TenantRateLimitRules | undefined;
     if (cfg.tenantRateLimit) {
       tenantRules = deps.tenantRules;
@@ -228,6 +239,7 @@ export class Admission {
 
   readonly logger: Logger;
   private readonly tenantLimiter: TenantRateLimiter | undefined;
+  private readonly globalLimiter: GlobalRateLimiter | undefined;
   private readonly concurrency: ConcurrencyLimiter | undefined;
   private readonly scheduler: PriorityScheduler | undefined;
   private unsubscribe: (() => void) | undefined;
@@ -243,6 +255,7 @@ export class Admission {
     const now = deps.now ?? Date.now;
     const timers = deps.timers ?? realTimers;
     const metrics = deps.metrics;
+    if (deps.globalRateLimit) this.globalLimiter = new GlobalRateLimiter({ replica: deps.replica, now });
     if (tenantRules) {
       this.tenantLimiter = new TenantRateLimiter(tenantRules, {
         usage: deps.replica.rateLimits,
@@ -297,21 +310,32 @@ export class Admission {
    * result is undefined); a handle comes back only while the request waits in a queue.
    */
   admit(req: AdmissionRequest, done: AdmissionDone): PendingAdmission | undefined {
+    let global: GlobalLease | undefined;
+    if (this.globalLimiter) {
+      const g = this.globalLimiter.reserve();
+      if (g instanceof SmgError) {
+        this.deliver(done, g, undefined);
+        return undefined;
+      }
+      global = g;
+    }
     let lease: TenantLease | undefined;
     if (this.tenantLimiter) {
       const r = this.tenantLimiter.reserve(req.tenant, req.model, req.estimatedTokens);
       if (r instanceof SmgError) {
+        global?.cancel();
         this.deliver(done, r, undefined);
         return undefined;
       }
       lease = r;
     }
     if (!this.scheduler && !this.concurrency) {
+      global?.commit();
       lease?.commit();
       this.deliver(done, undefined, new Ticket(this.logger, lease, undefined, undefined));
       return undefined;
     }
-    const attempt = new Attempt(this, lease, done);
+    const attempt = new Attempt(this, lease, global, done);
     const wait = this.scheduler
       ? this.scheduler.admit(this.scheduler.resolve(req.tenant, req.priority), attempt.onGrant)
       : (this.concurrency as ConcurrencyLimiter).acquire(attempt.onGrant);
@@ -331,12 +355,14 @@ export class Admission {
     concurrency?: ReturnType<ConcurrencyLimiter['stats']>;
     priority?: ReturnType<PriorityScheduler['stats']>;
     tenantRateLimit?: { keys: number };
+    globalRateLimit?: { limitPerSecond: number };
   } {
     return {
       mode: this.scheduler ? 'priority' : this.concurrency ? 'concurrency' : 'none',
       ...(this.concurrency && { concurrency: this.concurrency.stats() }),
       ...(this.scheduler && { priority: this.scheduler.stats() }),
       ...(this.tenantLimiter && { tenantRateLimit: { keys: this.deps.replica.rateLimits.size() } }),
+      ...(this.globalLimiter && { globalRateLimit: { limitPerSecond: this.globalLimiter.limit() } }),
     };
   }
 

@@ -6,8 +6,9 @@
  *
  * SMG keeps one token bucket per scope on each instance (N instances ⇒ ≈N× the limit). Here the
  * usage lives in the replicated sliding-window counters of src/state/rate-limit.ts, so the limit is
- * cluster-wide once the mesh gossips the slots; a rejection's Retry-After is the time until the
- * window estimate would admit the request.
+ * cluster-wide once the mesh gossips the slots, and in a mesh each peer keeps to its share of what
+ * is left (`RateLimitUsage.admits`); a rejection's Retry-After is the time until the window
+ * estimate would admit the request.
  *
  * A request reserves 1 request and its estimated input tokens in every scope (local pending usage).
  * When admission lets it through, `commit` moves the request into the replicated counter; `settle`
@@ -19,7 +20,7 @@ import { isIP } from 'node:net';
 import { parse as parseYaml } from 'yaml';
 import type { Metrics } from '../../observability/metrics.js';
 import { errors, type SmgError } from '../../protocols/errors.js';
-import type { RateLimitUsage, UsageCounts } from '../../state/rate-limit.js';
+import type { RateLimitUsage } from '../../state/rate-limit.js';
 
 export interface ModelMatcherSpec {
   type: 'exact' | 'prefix';
@@ -262,9 +263,6 @@ class CompiledPolicy implements Limits {
   }
 }
 
-/** float noise in the window estimate must not reject a request that exactly fits */
-const EPSILON = 1e-9;
-
 export interface TenantLimiterDeps {
   usage: RateLimitUsage;
   now: () => number;
@@ -307,7 +305,6 @@ export class TenantLease {
 export class TenantRateLimiter {
   private readonly defaultPolicy: CompiledPolicy;
   private readonly tenants = new Map<string, CompiledPolicy>();
-  private readonly scratch: UsageCounts = { requests: 0, tokens: 0 };
 
   constructor(
     rules: TenantRateLimitRules,
@@ -385,16 +382,16 @@ export class TenantRateLimiter {
     ruleId: string | undefined,
   ): SmgError | undefined {
     const usage = this.deps.usage;
-    const est = usage.estimate(key, now, this.scratch);
     let waitMs = 0;
     let what: string | undefined;
-    if (limits.rpm !== undefined && est.requests + 1 > limits.rpm + EPSILON) {
+    // (a refusal by the mesh share rule alone has no window wait: Retry-After is then 1 s)
+    if (limits.rpm !== undefined && !usage.admits(key, 'requests', limits.rpm, 1, now)) {
       waitMs = usage.waitMs(key, 'requests', limits.rpm, 1, now);
       what = `${limits.rpm} requests per minute`;
     }
     if (limits.tpm !== undefined) {
       const need = Math.min(tokens, limits.tpm);
-      if (est.tokens + need > limits.tpm + EPSILON) {
+      if (!usage.admits(key, 'tokens', limits.tpm, need, now)) {
         waitMs = Math.max(waitMs, usage.waitMs(key, 'tokens', limits.tpm, need, now));
         what = what ? `${what} and ${limits.tpm} tokens per minute` : `${limits.tpm} tokens per minute`;
       }
