@@ -197,6 +197,53 @@ export function registerMeshMetrics(registry: Registry, src: MeshMetricsSource):
       }
     },
   });
+  const eventLag = new Histogram({
+    name: 'smg_mesh_event_lag_seconds',
+    help: 'Delay from a soft-state message (cache, load, ratelimit, health) being published by a peer to it being applied here',
+    labelNames: ['topic'],
+    buckets: LAG_BUCKETS,
+    registers,
+  });
+  new Counter({
+    name: 'smg_mesh_soft_state_messages_total',
+    help: 'Soft-state gossip messages received, by topic and result (applied, rejected = malformed or misdirected)',
+    labelNames: ['topic', 'result'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      const c = rt.soft.counters();
+      for (const [topic, n] of Object.entries(c.applied)) setCounter(this, { topic, result: 'applied' }, n);
+      for (const [topic, n] of Object.entries(c.rejected)) setCounter(this, { topic, result: 'rejected' }, n);
+    },
+  });
+  new Counter({
+    name: 'smg_mesh_cache_snapshots_total',
+    help: 'Prefix-cache index snapshots pulled from peers, served to peers, and failed pulls',
+    labelNames: ['result'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      const s = rt.soft.counters().snapshots;
+      setCounter(this, { result: 'pulled' }, s.pulled);
+      setCounter(this, { result: 'served' }, s.served);
+      setCounter(this, { result: 'failed' }, s.failed);
+    },
+  });
+  new Counter({
+    name: 'smg_mesh_suspect_hints_total',
+    help: 'Worker suspect hints sent to and received from peers',
+    labelNames: ['direction'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      const c = rt.soft.counters();
+      setCounter(this, { direction: 'out' }, c.hintsSent);
+      setCounter(this, { direction: 'in' }, c.hintsReceived);
+    },
+  });
   new Gauge({
     name: 'smg_mesh_enabled',
     help: '1 when this node runs the HA mesh',
@@ -209,6 +256,7 @@ export function registerMeshMetrics(registry: Registry, src: MeshMetricsSource):
     attach(rt) {
       rt.swim.onProbeRtt((ms) => rtt.observe(ms / 1000));
       rt.onApplyLag((s) => lag.observe(s));
+      rt.soft.onLag((topic, s) => eventLag.observe({ topic }, s));
     },
   };
 }

@@ -8,6 +8,8 @@
  *   local registry change     ──► store (committed) ──► topic smg/registry/1 (batched ~50 ms)
  *   remote registry change    ──► replica ──► store
  *   each new peer, and one random peer every SYNC_INTERVAL_MS ──► Automerge sync session /smg/registry/1
+ *   soft state (cache deltas, load, rate-limit slots, health)   ──► mesh/soft-state.ts
+ *   each new peer ──► pull its prefix-cache index snapshot (/smg/cache/1)
  *
  * Seeds are `host:port`, resolved again (DNS) on every attempt; the node retries all seeds, and
  * the members it stored last time, with backoff until some member answers. It serves from its
@@ -23,8 +25,10 @@ import type { Logger } from '../src/observability/logger.js';
 import { RegistryDocError } from '../src/state/registry-doc.js';
 import type { Replica } from '../src/state/replica.js';
 import type { NodeStore } from '../store/node-store.js';
+import { meshFaultsFromEnv } from './faults.js';
 import { GossipNode, type GossipStats } from './gossip/node.js';
 import { answerRegistrySync, runRegistrySync } from './registry-sync.js';
+import { SOFT_TOPICS, SoftState } from './soft-state.js';
 import { Keyring } from './swim/keyring.js';
 import type { Member, MemberState } from './swim/member.js';
 import { SwimNode, type SwimStats } from './swim/swim.js';
@@ -38,6 +42,12 @@ const SYNC_INTERVAL_MS = 10_000;
 const JOIN_BACKOFF_MIN_MS = 1_000;
 const JOIN_BACKOFF_MAX_MS = 30_000;
 const SAVE_MEMBERS_DELAY_MS = 1_000;
+/**
+ * A push-pull with one random dead (not left) member this often: after a partition both sides
+ * have declared each other dead and would otherwise only meet again through a seed retry
+ * (memberlist's "gossip to the dead" does the same)
+ */
+const DEAD_RETRY_MS = 5_000;
 const MAX_UDP_PACKET_BYTES = 4096;
 /** 8-byte send time (ms) in front of every registry change on the topic: apply lag metric */
 const STAMP_BYTES = 8;
@@ -137,11 +147,14 @@ export class MeshRuntime {
   private joinTimer: NodeJS.Timeout | undefined;
   private syncTimer: NodeJS.Timeout | undefined;
   private saveTimer: NodeJS.Timeout | undefined;
+  private deadTimer: NodeJS.Timeout | undefined;
   private readonly peerToMember = new Map<string, string>();
   private readonly syncing = new Set<string>();
   private readonly tally = { syncOk: 0, syncFailed: 0, syncChanged: 0, applied: 0, rejected: 0 };
   private readonly lagObservers: ((seconds: number) => void)[] = [];
   private readonly offs: (() => void)[] = [];
+  /** cache deltas, cluster load, rate-limit slots, shared health probing */
+  readonly soft: SoftState;
 
   private constructor(
     private readonly o: MeshRuntimeOptions,
@@ -151,6 +164,12 @@ export class MeshRuntime {
   ) {
     this.name = swim.name;
     this.address = transport.localAddress;
+    this.soft = new SoftState({
+      gossip,
+      replica: o.replica,
+      ...(o.store && { store: o.store }),
+      log: o.logger.child({ component: 'mesh' }),
+    });
   }
 
   static async start(o: MeshRuntimeOptions): Promise<MeshRuntime> {
@@ -169,6 +188,8 @@ export class MeshRuntime {
       // SWIM never sends more than MAX_PACKET_BYTES (+ seal and envelope); anything bigger is hostile
       maxPacketBytes: MAX_UDP_PACKET_BYTES,
       logger: log,
+      // chaos testing only: null unless SMG_MESH_FAULTS names a fault file (mesh/faults.ts)
+      faults: meshFaultsFromEnv(process.env, log),
     });
     let gossip: GossipNode;
     try {
@@ -179,12 +200,14 @@ export class MeshRuntime {
         advertiseHost: advertise,
         ...(keyring && { clusterKey: keyring.primaryKey() }),
         // registry changes are rare admin writes: sent on the next tick, not after a 50 ms window
-        topicBatchMs: { [REGISTRY_TOPIC]: 0 },
+        // soft-state topics batch themselves (one encoded message per 50–100 ms flush)
+        topicBatchMs: { [REGISTRY_TOPIC]: 0, ...Object.fromEntries(SOFT_TOPICS.map((t) => [t, 0])) },
         // only key holders can connect (private network), and every peer is trusted with the whole
         // registry anyway: per-message signatures would cost a signature per batch and a check per
         // receiver without keeping anyone out (without a key the mesh is loopback or --mesh-insecure)
         signMessages: false,
         logger: log,
+        faults: transport.faults,
       });
     } catch (err) {
       await transport.close();
@@ -243,6 +266,9 @@ export class MeshRuntime {
     };
     this.syncTimer = setInterval(tick, SYNC_INTERVAL_MS);
     this.syncTimer.unref();
+    this.deadTimer = setInterval(() => this.retryDead(), DEAD_RETRY_MS);
+    this.deadTimer.unref();
+    this.soft.start();
   }
 
   private onRegistryPayload(log: Logger, payload: Uint8Array): void {
@@ -268,6 +294,12 @@ export class MeshRuntime {
 
   private onMember(log: Logger, m: Member, prev: MemberState | undefined): void {
     if (m.name === this.name) return;
+    this.soft.setMembers(
+      this.swim
+        .members()
+        .filter((x) => (x.state === 'alive' || x.state === 'suspect') && x.meta[META_NODE] !== undefined)
+        .map((x) => x.meta[META_NODE] as string),
+    );
     const peerId = m.meta[META_PEER];
     const addr = m.meta[META_ADDR];
     if (m.state === 'alive' || m.state === 'suspect') {
@@ -275,15 +307,23 @@ export class MeshRuntime {
         this.peerToMember.set(peerId, m.name);
         const fresh = !this.gossip.connectedPeers().includes(peerId);
         this.gossip.connect(peerId, addr);
-        // a (re)joining member: catch it up as soon as the connection is there
+        // a (re)joining member: catch it up as soon as the connection is there, and take its
+        // prefix-cache index (a new peer learns where conversations live; a partition heals)
         if (fresh && prev !== 'alive' && prev !== 'suspect')
-          setTimeout(() => void this.syncWith(log, peerId), 300).unref();
+          setTimeout(() => {
+            void this.syncWith(log, peerId);
+            if (this.closed) return;
+            void this.soft.exchangeSnapshot(peerId);
+            this.soft.republishOwn(true);
+          }, 300).unref();
       }
       if (prev !== 'alive' && prev !== 'suspect' && m.state === 'alive') {
         this.joined = true;
         log.info({ member: m.name, address: m.address, incarnation: m.incarnation }, 'mesh member alive');
       }
     } else {
+      const nodeId = m.meta[META_NODE];
+      if (nodeId !== undefined && nodeId !== this.o.replica.nodeId) this.soft.memberGone(nodeId);
       if (peerId) {
         this.gossip.hangUp(peerId);
         this.peerToMember.delete(peerId);
@@ -308,6 +348,15 @@ export class MeshRuntime {
     } finally {
       this.syncing.delete(peerId);
     }
+  }
+
+  private retryDead(): void {
+    if (this.closed || this.leaving) return;
+    const dead = this.swim.members().filter((m) => m.state === 'dead' && m.name !== this.name);
+    if (dead.length === 0) return;
+    const m = dead[Math.floor(Math.random() * dead.length)];
+    // an answer carries its refutation (a higher incarnation): the member is alive again everywhere
+    this.swim.join([m.address], { maxAttempts: 1, initialBackoffMs: 1_000 }).catch(() => undefined);
   }
 
   private scheduleSaveMembers(): void {
@@ -449,9 +498,11 @@ export class MeshRuntime {
 
   private async stop(): Promise<void> {
     if (this.closed) return;
+    this.soft.stop();
     this.closed = true;
     for (const off of this.offs) off();
     if (this.syncTimer) clearInterval(this.syncTimer);
+    if (this.deadTimer) clearInterval(this.deadTimer);
     if (this.saveTimer) clearTimeout(this.saveTimer);
     if (this.joinTimer) clearTimeout(this.joinTimer);
     await this.gossip.stop();

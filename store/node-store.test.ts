@@ -179,7 +179,7 @@ describe('NodeStore refuses files it does not own, and leaves them untouched', (
     const store = openStore();
     store.appendDocChanges(Array.from({ length: 200 }, (_, i) => new Uint8Array(1000).fill(i % 256)));
     store.putCacheBlocks(
-      Array.from({ length: 2000 }, (_, i) => ({ model: 'm', worker: 'w', hash: i, seen: i })),
+      Array.from({ length: 2000 }, (_, i) => ({ model: 'm', worker: 'w', hash: i, parent: 0, seen: i })),
     );
     store.close();
     const size = statSync(dbFile()).size;
@@ -191,7 +191,7 @@ describe('NodeStore refuses files it does not own, and leaves them untouched', (
   it('a store with damaged pages', () => {
     const store = openStore();
     store.putCacheBlocks(
-      Array.from({ length: 3000 }, (_, i) => ({ model: 'm', worker: 'w', hash: i, seen: i })),
+      Array.from({ length: 3000 }, (_, i) => ({ model: 'm', worker: 'w', hash: i, parent: 0, seen: i })),
     );
     store.close();
     const image = readFileSync(dbFile());
@@ -209,7 +209,20 @@ describe('NodeStore refuses files it does not own, and leaves them untouched', (
     const db = new Database(dbFile());
     db.pragma(`user_version = ${STORE_SCHEMA_VERSION + 1}`);
     db.close();
-    expectStoreError(() => openStore(), /schema version 2, newer/);
+    expectStoreError(() => openStore(), new RegExp(`schema version ${STORE_SCHEMA_VERSION + 1}, newer`));
+  });
+
+  it('a version-1 store is migrated: cache blocks keep their rows and gain a parent', () => {
+    const first = openStore();
+    first.putCacheBlocks([{ model: 'm', worker: 'w', hash: 5, parent: 4, seen: 9 }]);
+    first.close();
+    const db = new Database(dbFile());
+    db.exec('ALTER TABLE cache_blocks DROP COLUMN parent');
+    db.pragma('user_version = 1');
+    db.close();
+    const store = openStore();
+    expect(store.loadCacheBlocks(10)).toEqual([{ model: 'm', worker: 'w', hash: 5, parent: 0, seen: 9 }]);
+    store.close();
   });
 
   it('a data dir in use by another live process, or already open in this one', () => {
@@ -430,20 +443,20 @@ describe('NodeStore cache index and rate-limit slots', () => {
   it('upserts cache blocks keeping max(seen), loads newest first, prunes to a bound', () => {
     const store = openStore();
     store.putCacheBlocks([
-      { model: 'm', worker: 'w1', hash: 1, seen: 10 },
-      { model: 'm', worker: 'w1', hash: 2, seen: 20 },
-      { model: 'm', worker: 'w2', hash: 1, seen: 30 },
-      { model: 'n', worker: 'w1', hash: 2 ** 40, seen: 5 },
+      { model: 'm', worker: 'w1', hash: 1, parent: 0, seen: 10 },
+      { model: 'm', worker: 'w1', hash: 2, parent: 1, seen: 20 },
+      { model: 'm', worker: 'w2', hash: 1, parent: 0, seen: 30 },
+      { model: 'n', worker: 'w1', hash: 2 ** 40, parent: 0, seen: 5 },
     ]);
     store.putCacheBlocks([
-      { model: 'm', worker: 'w1', hash: 1, seen: 40 },
-      { model: 'm', worker: 'w1', hash: 2, seen: 15 }, // older: ignored
+      { model: 'm', worker: 'w1', hash: 1, parent: 0, seen: 40 },
+      { model: 'm', worker: 'w1', hash: 2, parent: 7, seen: 15 }, // older: ignored, parent kept
     ]);
     expect(store.loadCacheBlocks(10)).toEqual([
-      { model: 'm', worker: 'w1', hash: 1, seen: 40 },
-      { model: 'm', worker: 'w2', hash: 1, seen: 30 },
-      { model: 'm', worker: 'w1', hash: 2, seen: 20 },
-      { model: 'n', worker: 'w1', hash: 2 ** 40, seen: 5 },
+      { model: 'm', worker: 'w1', hash: 1, parent: 0, seen: 40 },
+      { model: 'm', worker: 'w2', hash: 1, parent: 0, seen: 30 },
+      { model: 'm', worker: 'w1', hash: 2, parent: 1, seen: 20 },
+      { model: 'n', worker: 'w1', hash: 2 ** 40, parent: 0, seen: 5 },
     ]);
     expect(store.loadCacheBlocks(2).map((r) => r.seen)).toEqual([40, 30]);
     store.pruneCacheBlocks(2);
@@ -458,7 +471,7 @@ describe('NodeStore cache index and rate-limit slots', () => {
         fc.nat({ max: 30 }),
         (rows, bound) => {
           store.pruneCacheBlocks(0);
-          store.putCacheBlocks(rows.map((r) => ({ model: 'm', worker: 'w', ...r })));
+          store.putCacheBlocks(rows.map((r) => ({ model: 'm', worker: 'w', parent: 0, ...r })));
           store.pruneCacheBlocks(bound);
           const best = new Map<number, number>();
           for (const r of rows) best.set(r.hash, Math.max(best.get(r.hash) ?? -1, r.seen));
@@ -496,7 +509,9 @@ describe('NodeStore cache index and rate-limit slots', () => {
 
   it('rejects non-integer values at the call, not later in the timer', () => {
     const store = openStore();
-    expect(() => store.putCacheBlocks([{ model: 'm', worker: 'w', hash: 1.5, seen: 1 }])).toThrow(StoreError);
+    expect(() => store.putCacheBlocks([{ model: 'm', worker: 'w', hash: 1.5, parent: 0, seen: 1 }])).toThrow(
+      StoreError,
+    );
     expect(() => store.putRateSlots([{ key: 'k', window: 1, requests: Number.NaN, tokens: 0 }])).toThrow(
       StoreError,
     );

@@ -27,7 +27,7 @@ import Database from 'better-sqlite3';
 /** `PRAGMA application_id` of an smg store: ASCII "SMG1". A file with another id is not ours. */
 export const STORE_APPLICATION_ID = 0x534d4731;
 /** `PRAGMA user_version`: the schema this code writes. Older files are migrated, newer ones refused. */
-export const STORE_SCHEMA_VERSION = 1;
+export const STORE_SCHEMA_VERSION = 2;
 export const STORE_FILE_NAME = 'state.db';
 /** Beside the database: `<pid>\n<hostname>\n` of the process that has it open. */
 export const STORE_LOCK_NAME = 'state.db.lock';
@@ -89,6 +89,8 @@ export interface CacheBlockRow {
   model: string;
   worker: string;
   hash: number;
+  /** the block before it in its prompt (0: a first block or unknown) */
+  parent: number;
   seen: number;
 }
 
@@ -188,8 +190,11 @@ CREATE TABLE rate_slots (
 CREATE INDEX rate_slots_by_window ON rate_slots (window_start);
 `;
 
+/** v2: a cache block's parent hash, so a restored index keeps its chains (leaves evicted first) */
+const SCHEMA_V2 = `ALTER TABLE cache_blocks ADD COLUMN parent INTEGER NOT NULL DEFAULT 0;`;
+
 /** Schema migrations: index i upgrades user_version i to i + 1. */
-const MIGRATIONS: readonly string[] = [SCHEMA_V1];
+const MIGRATIONS: readonly string[] = [SCHEMA_V1, SCHEMA_V2];
 
 const CONSOLE_LOGGER: StoreLogger = {
   warn: (obj, msg) => console.warn(msg, obj),
@@ -458,11 +463,12 @@ export class NodeStore {
       ),
       getKv: db.prepare('SELECT value FROM kv WHERE key = ?').pluck(),
       upsertCacheBlock: db.prepare(
-        `INSERT INTO cache_blocks (model, worker, hash, seen) VALUES (?, ?, ?, ?)
-         ON CONFLICT (model, worker, hash) DO UPDATE SET seen = max(seen, excluded.seen)`,
+        `INSERT INTO cache_blocks (model, worker, hash, parent, seen) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (model, worker, hash) DO UPDATE SET seen = max(seen, excluded.seen),
+           parent = CASE WHEN parent = 0 THEN excluded.parent ELSE parent END`,
       ),
       getCacheBlocks: db.prepare(
-        'SELECT model, worker, hash, seen FROM cache_blocks ORDER BY seen DESC, rowid DESC LIMIT ?',
+        'SELECT model, worker, hash, parent, seen FROM cache_blocks ORDER BY seen DESC, rowid DESC LIMIT ?',
       ),
       pruneCacheBlocks: db.prepare(
         `DELETE FROM cache_blocks WHERE rowid IN
@@ -635,6 +641,7 @@ export class NodeStore {
     if (rows.length === 0) return;
     for (const r of rows) {
       requireInteger(this.file, 'cache block hash', r.hash);
+      requireInteger(this.file, 'cache block parent', r.parent);
       requireInteger(this.file, 'cache block seen', r.seen);
     }
     this.enqueue({ kind: 'cacheBlocks', rows: rows.map((r) => ({ ...r })) });
@@ -865,7 +872,7 @@ export class NodeStore {
           s.setKv.run(op.key, op.value);
           break;
         case 'cacheBlocks':
-          for (const r of op.rows) s.upsertCacheBlock.run(r.model, r.worker, r.hash, r.seen);
+          for (const r of op.rows) s.upsertCacheBlock.run(r.model, r.worker, r.hash, r.parent, r.seen);
           break;
         case 'pruneCacheBlocks':
           s.pruneCacheBlocks.run(op.maxRows);

@@ -12,7 +12,8 @@
 import type { Hlc } from '../src/state/hlc.js';
 import { RegistryDoc, RegistryDocError, actorIdFor } from '../src/state/registry-doc.js';
 import type { Replica } from '../src/state/replica.js';
-import { NodeStore, StoreError, type StoreLogger } from './node-store.js';
+import { chainsOf } from '../src/state/cache-chains.js';
+import { NodeStore, StoreError, type CacheBlockRow, type StoreLogger } from './node-store.js';
 
 /** compact once this many changes follow the snapshot */
 export const COMPACT_THRESHOLD = 500;
@@ -106,4 +107,104 @@ export function persistReplica(store: NodeStore, replica: Replica): () => void {
     maintain();
     store.flush();
   };
+}
+
+/** the prefix-cache index keeps at most this many blocks on disk */
+export const CACHE_ROWS_MAX = 200_000;
+const CACHE_FLUSH_MS = 1_000;
+const CACHE_PRUNE_MS = 30_000;
+
+/**
+ * Restores the prefix-cache index from the store (the `maxRows` most recently seen blocks), so a
+ * restarted node keeps conversations on the workers that hold their prefixes before any peer
+ * answers. Blocks of workers no longer registered are skipped. Returns the blocks restored.
+ */
+export function restoreCacheIndex(store: NodeStore, replica: Replica, maxRows = CACHE_ROWS_MAX): number {
+  const rows = store.loadCacheBlocks(maxRows).filter((r) => !replica.registry.isRemoved(r.worker));
+  for (const ev of chainsOf(rows)) replica.apply(ev);
+  return rows.length;
+}
+
+/**
+ * Keeps the stored prefix-cache index current: every applied `cache.blocks` event (local routing
+ * decisions, gossip, snapshots) becomes rows, written once per second in one transaction (a block
+ * touched many times in that second is written once) and pruned to `maxRows` now and then.
+ */
+export function persistCacheIndex(store: NodeStore, replica: Replica, maxRows = CACHE_ROWS_MAX): () => void {
+  let pending = new Map<string, CacheBlockRow>();
+  const put = (model: string, worker: string, hash: number, parent: number, seen: number): void => {
+    const key = `${model}\u0000${worker}\u0000${hash}`;
+    const cur = pending.get(key);
+    if (!cur) pending.set(key, { model, worker, hash, parent, seen });
+    else {
+      if (seen > cur.seen) cur.seen = seen;
+      if (cur.parent === 0) cur.parent = parent;
+    }
+  };
+  const off = replica.onApplied((ev, changed) => {
+    if (ev.kind !== 'cache.blocks' || !changed) return;
+    if (ev.anchor > 0) put(ev.model, ev.worker, ev.anchor, 0, ev.seen);
+    let parent = ev.anchor;
+    for (const h of ev.hashes) {
+      if (h > 0) put(ev.model, ev.worker, h, parent, ev.seen);
+      parent = h;
+    }
+  });
+  const flush = (): void => {
+    if (pending.size === 0) return;
+    const rows = [...pending.values()];
+    pending = new Map();
+    try {
+      store.putCacheBlocks(rows);
+    } catch {
+      // a closed or failing store: the index lives on in memory; lastError() reports the store
+    }
+  };
+  const flushTimer = setInterval(flush, CACHE_FLUSH_MS);
+  flushTimer.unref();
+  const pruneTimer = setInterval(() => {
+    try {
+      store.pruneCacheBlocks(maxRows);
+    } catch {
+      // as above
+    }
+  }, CACHE_PRUNE_MS);
+  pruneTimer.unref();
+  return () => {
+    off();
+    clearInterval(flushTimer);
+    clearInterval(pruneTimer);
+    flush();
+  };
+}
+
+/**
+ * This node's own rate-limit slots of the current windows, as stored by the mesh (key
+ * `<windowMs>:<key>`, window as its start in ms), merged back so a restarted node does not count
+ * from 0 again (which would over-admit until its window ends). Returns the slots restored.
+ */
+export function restoreRateSlots(store: NodeStore, replica: Replica, now = Date.now()): number {
+  let n = 0;
+  const usages = replica.rateLimitUsages();
+  if (usages.length === 0) return 0;
+  const oldestMs = Math.min(...usages.map((u) => (u.windowOf(now) - 1) * u.windowMs));
+  const rows = store.loadRateSlots(oldestMs);
+  for (const u of usages) {
+    const prefix = `${u.windowMs}:`;
+    for (const r of rows) {
+      if (!r.key.startsWith(prefix) || r.window % u.windowMs !== 0) continue;
+      const changed = replica.apply({
+        kind: 'ratelimit.slots',
+        origin: replica.nodeId,
+        key: r.key.slice(prefix.length),
+        window: r.window / u.windowMs,
+        windowMs: u.windowMs,
+        requests: r.requests,
+        tokens: r.tokens,
+      });
+      if (changed) n++;
+    }
+  }
+  store.pruneRateSlots(oldestMs);
+  return n;
 }

@@ -18,6 +18,7 @@ import { multiaddr as parseMultiaddr } from '@multiformats/multiaddr';
 import type { Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p } from 'libp2p';
 
+import { hostOfAddress, type MeshFaults } from '../faults.js';
 import { StreamChannel } from './channel.js';
 import type { Channel } from './channel.js';
 import {
@@ -67,6 +68,11 @@ export interface GossipNodeOptions {
   logger?: GossipLogger;
   /** frame limit of channels (handle/open), default 4 MiB */
   maxFrameBytes?: number;
+  /**
+   * chaos testing only (mesh/faults.ts): connections to or from blocked hosts are refused by the
+   * connection gater and closed when the faults change; null/undefined = none
+   */
+  faults?: MeshFaults | null;
 }
 
 export interface TopicStats {
@@ -163,6 +169,7 @@ export class GossipNode {
     streamHandlerErrors: 0,
   };
   private watchdog: ReturnType<typeof setInterval> | null = null;
+  private offFaults: (() => void) | null = null;
   private stopping = false;
   private stopPromise: Promise<void> | null = null;
 
@@ -171,6 +178,8 @@ export class GossipNode {
     private readonly refused: Set<string>,
     opts: GossipNodeOptions,
     port: number,
+    /** fault injection: the host each wanted peer was told to be at (peer id → host) */
+    private readonly faultHosts: Map<string, string> | null = null,
   ) {
     this.log = opts.logger ?? noopLogger;
     this.batchMs = opts.batchMs ?? 50;
@@ -206,6 +215,8 @@ export class GossipNode {
       w.attempt = Math.min(w.attempt + 1, 16);
     });
     libp2p.services.pubsub.addEventListener('message', (evt) => this.onMessage(evt.detail));
+    const faults = opts.faults;
+    if (faults != null) this.offFaults = faults.onChange(() => this.closeBlocked(faults));
     this.watchdog = setInterval(() => this.checkWanted(), WATCHDOG_MS);
     this.watchdog.unref();
   }
@@ -215,6 +226,14 @@ export class GossipNode {
     const listen = `/${ipProto(opts.host)}/${opts.host}/tcp/${opts.port}`;
     ipProto(opts.advertiseHost);
     const refused = new Set<string>();
+    const faults = opts.faults ?? null;
+    // fault injection: inbound connections over loopback come from 127.0.0.1 whatever the peer's
+    // host, so a peer's host is looked up by its id (learned in connect())
+    const faultHosts = faults === null ? null : new Map<string, string>();
+    const blockedPeer = (peerId: PeerId): boolean => {
+      const host = faultHosts?.get(peerId.toString());
+      return host !== undefined && faults !== null && faults.denyConnection(host);
+    };
     const libp2p = await createLibp2p<Services>({
       privateKey,
       addresses: { listen: [listen] },
@@ -236,6 +255,15 @@ export class GossipNode {
         // a peer we hung up on may still want us; refuse it until connect() wants it again
         denyInboundEncryptedConnection: (peerId) => refused.has(peerId.toString()),
         denyDialPeer: (peerId) => refused.has(peerId.toString()),
+        ...(faults !== null && {
+          denyInboundEncryptedConnection: (peerId: PeerId) =>
+            refused.has(peerId.toString()) || blockedPeer(peerId),
+          denyDialPeer: (peerId: PeerId) => refused.has(peerId.toString()) || blockedPeer(peerId),
+          denyDialMultiaddr: (ma: Multiaddr) => faults.denyConnection(ma.toString()),
+          denyInboundConnection: (maConn: { remoteAddr: Multiaddr }) =>
+            faults.denyConnection(maConn.remoteAddr.toString()),
+          denyOutboundEncryptedConnection: (peerId: PeerId) => blockedPeer(peerId),
+        }),
       },
       services: {
         identify: identify(),
@@ -274,7 +302,7 @@ export class GossipNode {
       await libp2p.stop();
       throw new Error('gossip: could not determine the listening TCP port');
     }
-    const node = new GossipNode(libp2p, refused, opts, port);
+    const node = new GossipNode(libp2p, refused, opts, port, faultHosts);
     node.log.info(
       { peerId: node.peerId, multiaddr: node.multiaddr, pnet: opts.clusterKey != null },
       'gossip: started',
@@ -430,6 +458,7 @@ export class GossipNode {
     }
 
     this.refused.delete(peerId);
+    if (this.faultHosts !== null) this.faultHosts.set(peerId, hostOfAddress(multiaddr));
     const existing = this.wanted.get(peerId);
     if (existing != null) {
       if (existing.addr.equals(addr)) return;
@@ -550,6 +579,26 @@ export class GossipNode {
     }
   }
 
+  /** fault injection: closes the open connections to peers whose host is now blocked */
+  private closeBlocked(faults: MeshFaults): void {
+    if (this.stopping) return;
+    for (const conn of this.libp2p.getConnections()) {
+      const host = this.faultHosts?.get(conn.remotePeer.toString());
+      if (!faults.isBlocked(conn.remoteAddr.toString()) && (host === undefined || !faults.isBlocked(host))) {
+        continue;
+      }
+      this.log.info(
+        { peer: conn.remotePeer.toString() },
+        'gossip: closing a connection blocked by mesh faults',
+      );
+      try {
+        conn.abort(new Error('blocked by injected mesh faults'));
+      } catch (err) {
+        this.log.debug?.({ ...errInfo(err) }, 'gossip: abort of a blocked connection failed');
+      }
+    }
+  }
+
   // ---------------------------------------------------------------- streams
 
   handle(name: string, handler: (ch: Channel, from: string) => Promise<void>): void {
@@ -627,6 +676,8 @@ export class GossipNode {
     // flush what is queued (best effort), then stop everything that could fire later
     this.flush();
     this.stopping = true;
+    this.offFaults?.();
+    this.offFaults = null;
     if (this.watchdog != null) clearInterval(this.watchdog);
     this.watchdog = null;
     for (const w of this.wanted.values()) {

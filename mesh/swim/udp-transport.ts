@@ -21,6 +21,7 @@ import {
 } from './keyring.js';
 import { decodeEnvelope, ENVELOPE_BYTES, EnvelopeWriter, ReplayGuard, SENDER_ID_BYTES } from './replay.js';
 import type { DropReason, PacketTransport } from './transport.js';
+import type { MeshFaults } from '../faults.js';
 
 /** the largest datagram accepted or sent by default (64 KiB) */
 export const DEFAULT_MAX_PACKET_BYTES = 64 * 1024;
@@ -58,6 +59,8 @@ export interface UdpTransportOptions {
   /** wall clock (ms) for envelope stamps and the replay window */
   now?: () => number;
   logger?: TransportLogger;
+  /** chaos testing only (mesh/faults.ts): drop, lose or delay datagrams; null/undefined = none */
+  faults?: MeshFaults | null;
 }
 
 export interface UdpTransportStats {
@@ -124,6 +127,8 @@ export class UdpTransport implements PacketTransport {
   private readonly logger: TransportLogger | undefined;
   private readonly lastLogAt = new Map<string, number>();
   private handler: ((from: string, packet: Uint8Array) => void) | undefined;
+  /** injected faults (chaos testing only), shared with the gossip node */
+  readonly faults: MeshFaults | null;
   private closed: Promise<void> | undefined;
   private readonly counters: UdpTransportStats = {
     packetsIn: 0,
@@ -158,6 +163,7 @@ export class UdpTransport implements PacketTransport {
     this.maxSendBytes = Math.min(this.maxPacketBytes, UDP_MAX_PAYLOAD);
     this.maxPayloadBytes = Math.max(0, this.maxSendBytes - codec.overhead - ENVELOPE_BYTES);
     this.logger = opts.logger;
+    this.faults = opts.faults ?? null;
     socket.on('message', (msg, rinfo) => this.receive(msg, formatHostPort(rinfo.address, rinfo.port)));
     socket.on('error', (err) => {
       this.counters.socketErrors++;
@@ -229,8 +235,22 @@ export class UdpTransport implements PacketTransport {
       this.sendFailed('size', { to, bytes: sealed.length }, 'mesh packet too large, not sent');
       return;
     }
+    if (this.faults !== null) {
+      const fault = this.faults.outgoing(to);
+      if (fault === 'drop') return;
+      if (fault > 0) {
+        setTimeout(() => {
+          if (!this.closed) this.transmit(sealed, target.port, target.host, to);
+        }, fault).unref();
+        return;
+      }
+    }
+    this.transmit(sealed, target.port, target.host, to);
+  }
+
+  private transmit(sealed: Buffer, port: number, host: string, to: string): void {
     try {
-      this.socket.send(sealed, target.port, target.host, (err) => {
+      this.socket.send(sealed, port, host, (err) => {
         if (err) this.sendFailed('send', { to, err }, 'mesh packet send failed');
         else {
           this.counters.packetsOut++;
@@ -263,6 +283,8 @@ export class UdpTransport implements PacketTransport {
   }
 
   private receive(msg: Buffer, from: string): void {
+    // chaos testing: a datagram dropped by an injected fault never arrived
+    if (this.faults !== null && this.faults.dropIncoming(from)) return;
     this.counters.packetsIn++;
     this.counters.bytesIn += msg.length;
     if (msg.length > this.maxPacketBytes) return this.drop('oversized');

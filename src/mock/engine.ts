@@ -68,6 +68,8 @@ export class Engine {
   label = '';
 
   requests = 0;
+  /** GET /health and /health_generate received */
+  healthChecks = 0;
   running = 0;
   failures = 0;
   promptTokensTotal = 0;

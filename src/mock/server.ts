@@ -33,7 +33,7 @@
  *   GET /mock/last-request  {method, path, headers, raw_headers, body_base64} of the last
  *                      inference request received (404 before the first one).
  *   GET /mock/stats    {requests, running, failures, prompt_tokens_total, cached_tokens_total,
- *                      generation_tokens_total, cached_blocks}
+ *                      generation_tokens_total, cached_blocks, health_checks}
  * Every response carries `x-mock-worker: <host:port>`. `requests` counts inference requests
  * received (injected failures and 4xx included); `running` is held from receipt until the
  * response ends or the client goes away.
@@ -350,6 +350,7 @@ function settingsBody(e: Engine): string {
 
 const GETS = new Map<string, GetHandler>();
 const health: GetHandler = (e, res) => {
+  e.healthChecks++;
   if (e.settings.healthy) sendBody(e, res, 200, 'text/plain', '');
   else sendError(e, res, 503, 'mock worker is unhealthy', 'server_error');
 };
@@ -454,6 +455,7 @@ GETS.set('/mock/stats', (e, res) =>
       cached_tokens_total: e.cachedTokensTotal,
       generation_tokens_total: e.generationTokensTotal,
       cached_blocks: e.cache.size,
+      health_checks: e.healthChecks,
     }),
   ),
 );

@@ -20,9 +20,9 @@ describe('CacheRecorder', () => {
     expect(r.flush()).toBe(3);
     expect(r.pending).toBe(0);
     expect(applied).toEqual([
-      { kind: 'cache.blocks', model: 'm', worker: 'w1', anchor: 0, hashes: [11, 12, 13], seen: 100 },
-      { kind: 'cache.blocks', model: 'm', worker: 'w2', anchor: 12, hashes: [13, 14], seen: 101 },
-      { kind: 'cache.blocks', model: 'm', worker: 'w1', anchor: 13, hashes: [], seen: 102 },
+      { kind: 'cache.blocks', model: 'm', worker: 'w1', anchor: 0, hashes: [11, 12, 13], seen: 100, from: 0 },
+      { kind: 'cache.blocks', model: 'm', worker: 'w2', anchor: 12, hashes: [13, 14], seen: 101, from: 2 },
+      { kind: 'cache.blocks', model: 'm', worker: 'w1', anchor: 13, hashes: [], seen: 102, from: 3 },
     ]);
     expect(r.flush()).toBe(0);
   });

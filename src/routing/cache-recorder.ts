@@ -73,6 +73,7 @@ export class CacheRecorder {
         anchor: r.fromDepth > 0 ? hashes[r.fromDepth - 1] : 0,
         hashes: hashes.slice(r.fromDepth),
         seen: this.seen(),
+        from: r.fromDepth,
       });
     }
     return batch.length;

@@ -30,7 +30,14 @@ import type { Lifecycle } from './utility-routes.js';
 import { WorkerSelection } from './worker-selection.js';
 import { registerMeshMetrics } from '../../mesh/metrics.js';
 import type { MeshRuntime } from '../../mesh/runtime.js';
-import { openNodeState, persistReplica, type NodeState } from '../../store/persistence.js';
+import {
+  openNodeState,
+  persistCacheIndex,
+  persistReplica,
+  restoreCacheIndex,
+  restoreRateSlots,
+  type NodeState,
+} from '../../store/persistence.js';
 import { isPolicyName } from '../routing/factory.js';
 
 const LOAD_AWARE: ReadonlySet<string> = new Set<PolicyName>(['power_of_two', 'least_load']);
@@ -77,6 +84,9 @@ export function settleMsFor(cfg: Pick<Config, 'shutdownGracePeriodSecs'>): numbe
   return Math.min((cfg.shutdownGracePeriodSecs * 1000) / 2, 5000);
 }
 
+/** how long a restarted node waits for the first probes of the workers it restored */
+const RESTORED_PROBE_WAIT_MS = 3_000;
+
 export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Promise<Gateway> {
   const graceMs = cfg.shutdownGracePeriodSecs * 1000;
   const logger = opts.logger ?? createLogger({ level: cfg.logLevel, json: cfg.logJson, dir: cfg.logDir });
@@ -94,6 +104,10 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
   });
   // every registry change is committed to the store before it can be gossiped
   const stopPersist = state ? persistReplica(state.store, replica) : undefined;
+  // the prefix-cache index and this node's rate-limit slots come back before anything routes
+  const cacheBlocks = state ? restoreCacheIndex(state.store, replica) : 0;
+  const rateSlots = state ? restoreRateSlots(state.store, replica) : 0;
+  const stopCachePersist = state ? persistCacheIndex(state.store, replica) : undefined;
   if (state)
     logger.info(
       {
@@ -102,6 +116,8 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
         incarnation: state.incarnation,
         workers: replica.registry.list().length,
         changes_replayed: state.restoredChanges,
+        cache_blocks: cacheBlocks,
+        rate_slots: rateSlots,
       },
       'state restored',
     );
@@ -151,8 +167,11 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     loadMonitorIntervalSecs: cfg.loadMonitorIntervalSecs,
     wantsEngineLoads: (spec) => LOAD_AWARE.has(spec.labels.policy ?? cfg.policy),
   });
-  // workers restored from the data dir get probes and load polls like fresh ones
+  // workers restored from the data dir get probes and load polls like fresh ones; the node listens
+  // once their first probes are answered (bounded), so its first requests are not refused
+  const restoredWorkers = replica.registry.list().length;
   manager.adoptExisting();
+  if (restoredWorkers > 0) await manager.firstProbes(RESTORED_PROBE_WAIT_MS);
   const lifecycle: Lifecycle = { draining: false };
   const inflight: InflightCounter = { proxied: 0, head: undefined };
   // bad keys or admission files stop start-up here, before anything listens
@@ -162,6 +181,8 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     logger,
     replica,
     trustTenantHeader: cfg.auth.trustTenantHeader,
+    // `/mesh/rate-limit`: a cluster-wide request rate, enforced on every peer of the mesh
+    globalRateLimit: cfg.mesh.enabled,
     ...(cfg.admission.tenantRateLimit &&
       cfg.admission.tenantRateLimitConfigPath !== undefined && {
         tenantRules: loadTenantRateLimitConfig(cfg.admission.tenantRateLimitConfigPath),
@@ -268,9 +289,14 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
         ...(state && { store: state.store }),
       });
       meshMetrics.attach(mesh);
+      // health probing is shared from now on, and failures seen here become suspect hints
+      const soft = mesh.soft;
+      manager.setProbeDuty(soft);
+      breakers.onFailure = (id) => soft.suspect(id);
     }
   } catch (err) {
     await mesh?.leave().catch(() => undefined);
+    stopCachePersist?.();
     stopPersist?.();
     state?.store.close();
     clearInterval(maintenance);
@@ -323,6 +349,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
         await pools.closeAll();
         await tracing?.shutdown().catch(() => undefined);
         await left;
+        stopCachePersist?.();
         stopPersist?.();
         state?.store.close();
         logger.debug('gateway closed');

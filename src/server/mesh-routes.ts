@@ -1,12 +1,20 @@
 /**
  * `/mesh/*` (inventory §2.6, under control-plane auth): membership, the replicated registry as
- * this node sees it, cluster-wide per-model policies and config, and graceful leave. Every route
+ * this node sees it, cluster-wide per-model policies and config, the cluster-wide request rate
+ * limit (`/mesh/rate-limit`, see src/server/admission/global-limit.ts), and graceful leave. Every route
  * answers 503 `mesh_disabled` on a node started without `--ha-mesh`.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { MeshRuntime } from '../../mesh/runtime.js';
 import { SmgError } from '../protocols/errors.js';
 import { readJsonBody } from './admin-routes.js';
+import {
+  GLOBAL_RATE_LIMIT_CONFIG_KEY,
+  encodeGlobalRateLimit,
+  globalRateLimitProblem,
+  globalRateLimitStats,
+  readGlobalRateLimit,
+} from './admission/global-limit.js';
 import { isPolicyName } from '../routing/factory.js';
 import type { PolicyRegistry } from '../routing/registry.js';
 import { POLICY_NAMES } from '../routing/types.js';
@@ -51,8 +59,15 @@ export function registerMeshRoutes(app: FastifyInstance, deps: MeshRouteDeps): v
     url: w.url,
     health: w.status,
     routable: w.routable,
-    // in-flight requests this node has on the worker (cluster load arrives with shared load, part 2)
+    // cluster load: this node's in-flight requests plus every live peer's latest snapshot
     load: replica.load.inflight(w.id),
+    local_load: replica.load.localInflight(w.id),
+    // shared probing: the members that probe this worker, and what each node last observed
+    probers: deps.mesh()?.soft.probersOf(w.id) ?? [replica.nodeId],
+    observations: replica.registry
+      .observations(w.id)
+      .map((o) => ({ node_id: o.node, status: o.status, at: o.hlc.wall }))
+      .sort((a, b) => (a.node_id < b.node_id ? -1 : a.node_id > b.node_id ? 1 : 0)),
     version: w.version.wall,
   });
 
@@ -181,6 +196,31 @@ export function registerMeshRoutes(app: FastifyInstance, deps: MeshRouteDeps): v
       throw badRequest(`"value" must be at most ${MAX_CONFIG_VALUE_BYTES} bytes`);
     replica.writeRegistry((d) => d.setConfig(key, value.toLowerCase()));
     return { status: 'updated', key };
+  });
+
+  // the cluster-wide request rate limit: a registry config entry, so every peer enforces it
+  app.get('/mesh/rate-limit', async () => {
+    running();
+    return { limit_per_second: readGlobalRateLimit(replica.doc) };
+  });
+
+  app.post('/mesh/rate-limit', async (req) => {
+    running();
+    const body = jsonBody(req);
+    const problem = globalRateLimitProblem(body.limit_per_second);
+    if (problem) throw badRequest(problem);
+    const limit = body.limit_per_second as number;
+    replica.writeRegistry((d) =>
+      limit === 0
+        ? d.deleteConfig(GLOBAL_RATE_LIMIT_CONFIG_KEY)
+        : d.setConfig(GLOBAL_RATE_LIMIT_CONFIG_KEY, encodeGlobalRateLimit(limit)),
+    );
+    return { limit_per_second: limit };
+  });
+
+  app.get('/mesh/rate-limit/stats', async () => {
+    running();
+    return globalRateLimitStats(replica);
   });
 
   app.post('/mesh/shutdown', async (_req, reply) => {

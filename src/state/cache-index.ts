@@ -13,7 +13,15 @@
  * the blocks a worker holds are prefix-closed: if it holds block i of a prompt it holds blocks
  * 0..i. The deepest block of a prompt held by a worker (or by any of a set of workers) is
  * therefore found by binary search, O(log n) lookups (`deepest`, `depthOf`), which also reads a
- * lazily hashed prompt (PromptHashes) only as far as it probes. The approximation:
+ * lazily hashed prompt (PromptHashes) only as far as it probes.
+ *
+ * Checkpoints. Peers gossip only every CHECKPOINT_STRIDE-th block of a delta (the blocks at depths
+ * S, 2S, …; see mesh/soft-state.ts), so a worker's blocks learnt from a peer are prefix-closed over
+ * checkpoints only. The search is therefore two binary searches: over the checkpoints (monotone for
+ * gossiped and local blocks alike), then within the stride after the deepest checkpoint found
+ * (monotone too: local blocks are contiguous there, gossiped ones absent). With only local blocks
+ * the result is the same as one binary search; with gossiped ones it is at most S − 1 blocks short.
+ * The approximation:
  * a worker whose chain has a hole (a delta received before the deltas of its ancestors, or an
  * anchor that had been evicted) can be found shallower than it is, never deeper; `match` (linear,
  * exact per block) is kept for tests and diagnostics.
@@ -46,6 +54,34 @@ const MIN_CAPACITY = 16;
 /** grow when size > capacity × MAX_LOAD */
 const MAX_LOAD = 0.6;
 const TWO_POW_32 = 4294967296;
+/** peers learn every CHECKPOINT_STRIDE-th block of a prompt (depths S, 2S, …) */
+export const CHECKPOINT_STRIDE = 8;
+
+/**
+ * The largest d in [0, n] such that `held(i)` for every block i < d, given that `held` is
+ * prefix-closed over the checkpoints (blocks S−1, 2S−1, …) and, after the deepest checkpoint held,
+ * over the blocks up to the next one. `held(i)` is probed O(log n) times.
+ */
+function deepestHeld(n: number, held: (i: number) => boolean): number {
+  const S = CHECKPOINT_STRIDE;
+  // checkpoints: blocks k·S − 1 for k = 1..floor(n / S)
+  let lo = 0;
+  let hi = Math.floor(n / S);
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >>> 1;
+    if (held(mid * S - 1)) lo = mid;
+    else hi = mid - 1;
+  }
+  // then the blocks after the deepest checkpoint, up to (not including) the next one
+  let a = lo * S;
+  let b = Math.min(n, a + S - 1);
+  while (a < b) {
+    const mid = (a + b + 1) >>> 1;
+    if (held(mid - 1)) a = mid;
+    else b = mid - 1;
+  }
+  return a;
+}
 const MAX_SECS = 0xffffffff;
 
 /** packed HLC (wall ms * 1024 + counter) → whole seconds */
@@ -55,6 +91,11 @@ function secsOf(seen: number): number {
 }
 
 /** a usable block hash: positive and finite (block-hash never makes 0; 0 means "no block") */
+/** a packed HLC whose second is `secs` (the inverse of secsOf) */
+function seenOf(secs: number): number {
+  return secs * 1000 * 1024;
+}
+
 function validKey(h: number): boolean {
   return h > 0 && h < Infinity;
 }
@@ -391,21 +432,21 @@ export class CacheIndex {
     const n = hashes.length;
     if (!idx || n === 0) return 0;
     const all = everyHolderIsCandidate;
-    let cell = idx.find(blockAt(hashes, 0));
-    if (cell < 0 || !(all || idx.heldByCandidate(cell, candidateOfSlot))) return 0;
-    let lo = 1; // blocks 0..lo-1 are held by a candidate
-    let hi = n; // no candidate holds block hi (n: past the end)
-    let loCell = cell;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1; // test block mid - 1
-      cell = idx.find(blockAt(hashes, mid - 1));
-      if (cell >= 0 && (all || idx.heldByCandidate(cell, candidateOfSlot))) {
-        lo = mid;
-        loCell = cell;
-      } else {
-        hi = mid - 1;
+    let lastCell = -1;
+    let lastIndex = -1;
+    const depth = deepestHeld(n, (i) => {
+      const cell = idx.find(blockAt(hashes, i));
+      const ok = cell >= 0 && (all || idx.heldByCandidate(cell, candidateOfSlot));
+      if (ok && i > lastIndex) {
+        lastIndex = i;
+        lastCell = cell;
       }
-    }
+      return ok;
+    });
+    if (depth === 0) return 0;
+    // the cell of block depth − 1 (probed by the search unless it was the only one held)
+    const loCell = lastIndex === depth - 1 ? lastCell : idx.find(blockAt(hashes, depth - 1));
+    if (loCell < 0) return 0;
     const o = idx.owner(loCell);
     if (o >= 0) {
       const c = o < candidateOfSlot.length ? candidateOfSlot[o] : -1;
@@ -419,7 +460,7 @@ export class CacheIndex {
         }
       }
     }
-    return lo;
+    return depth;
   }
 
   /**
@@ -431,17 +472,10 @@ export class CacheIndex {
     const idx = this.models.get(model);
     const n = Math.min(limit, hashes.length);
     if (slot === undefined || !idx || n <= 0) return 0;
-    let cell = idx.find(blockAt(hashes, 0));
-    if (cell < 0 || !idx.holds(cell, slot)) return 0;
-    let lo = 1;
-    let hi = n;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1;
-      cell = idx.find(blockAt(hashes, mid - 1));
-      if (cell >= 0 && idx.holds(cell, slot)) lo = mid;
-      else hi = mid - 1;
-    }
-    return lo;
+    return deepestHeld(n, (i) => {
+      const cell = idx.find(blockAt(hashes, i));
+      return cell >= 0 && idx.holds(cell, slot);
+    });
   }
 
   /** exact per-worker deepest held block (one lookup per block; tests and diagnostics) */
@@ -508,6 +542,34 @@ export class CacheIndex {
       if (blocks.length > 0) out.push([model, blocks]);
     }
     return out;
+  }
+
+  /**
+   * Every (model, worker, block) the index holds, with the block's parent hash and its last-seen
+   * time as a packed HLC (second precision): each row re-applied as `{anchor: parent, hashes: [hash]}`
+   * rebuilds the same chains (snapshots for joining peers, persistence).
+   */
+  forEachBlock(
+    fn: (model: string, worker: string, hash: number, parent: number, seen: number) => void,
+  ): void {
+    for (const [model, idx] of this.models) {
+      for (const ref of idx.refs()) {
+        const h = idx.key(ref);
+        const parent = idx.parent(ref);
+        const o = idx.owner(ref);
+        if (o >= 0) {
+          const w = this.workerOfSlot[o];
+          if (w !== undefined) fn(model, w, h, parent, seenOf(idx.secs(ref)));
+          continue;
+        }
+        const b = idx.shared[-1 - o];
+        if (!b) continue;
+        for (let i = 0; i < b.slots.length; i++) {
+          const w = this.workerOfSlot[b.slots[i]];
+          if (w !== undefined) fn(model, w, h, parent, seenOf(b.secs[i]));
+        }
+      }
+    }
   }
 
   /** drops a worker from every model's index */

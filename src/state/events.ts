@@ -66,6 +66,8 @@ export interface CacheBlocksEvent {
   hashes: number[];
   /** packed HLC (see packHlc): recency for LRU eviction */
   seen: number;
+  /** depth of `hashes[0]` in its prompt (set by the routing node; peers receive checkpoints only) */
+  from?: number;
 }
 
 /**

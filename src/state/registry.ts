@@ -3,8 +3,11 @@
  *
  * Registry: a last-writer-wins map keyed by worker id, ordered by HLC, with remove-wins tombstones:
  * a removed id is dead for good (re-registering a URL mints a new id), so upserts and removals
- * commute whatever their timestamps. Health is a
- * separate LWW register per worker id (a health event may arrive before the worker it describes).
+ * commute whatever their timestamps. Health is an LWW register per (worker id, observing node),
+ * the node being the HLC's (a health event may arrive before the worker it describes); a worker's
+ * status is judged over the observations of its current probers (see `setHealthJudge`): draining if
+ * any node drains it, ready if one of them sees it ready, else their latest word. So one peer's failed
+ * probes never take a worker out of the fleet while another prober still reaches it.
  *
  * Views are rebuilt when the registry or a worker's health changes (rare) so that routing reads
  * plain arrays on the hot path.
@@ -34,7 +37,10 @@ interface RegistryEntry {
 
 export class WorkerRegistry {
   private readonly entries = new Map<string, RegistryEntry>();
-  private readonly health = new Map<string, { hlc: Hlc; status: WorkerStatus }>();
+  /** worker id → observing node → its latest observation */
+  private readonly health = new Map<string, Map<string, { hlc: Hlc; status: WorkerStatus }>>();
+  /** does `node`'s observation of `workerId` count? (the mesh: is it a current prober) */
+  private judge: (workerId: string, node: string) => boolean = () => true;
 
   private views = new Map<string, WorkerView>();
   private all: WorkerView[] = [];
@@ -68,11 +74,51 @@ export class WorkerRegistry {
   }
 
   applyHealth(ev: WorkerHealthEvent): boolean {
-    const cur = this.health.get(ev.id);
+    let byNode = this.health.get(ev.id);
+    if (!byNode) this.health.set(ev.id, (byNode = new Map()));
+    const cur = byNode.get(ev.hlc.node);
     if (cur && compareHlc(cur.hlc, ev.hlc) >= 0) return false;
-    this.health.set(ev.id, { hlc: ev.hlc, status: ev.status });
+    byNode.set(ev.hlc.node, { hlc: ev.hlc, status: ev.status });
     if (this.entries.get(ev.id)?.removed === false) this.rebuild();
     return true;
+  }
+
+  /**
+   * Which observations decide a worker's status: `judge(workerId, node)` is true for its current
+   * probers. Call again (or `rejudge`) when membership changes; observations are kept either way.
+   */
+  setHealthJudge(judge: (workerId: string, node: string) => boolean): void {
+    this.judge = judge;
+    this.rebuild();
+  }
+
+  rejudge(): void {
+    this.rebuild();
+  }
+
+  /** every node's latest observation of a worker (for /mesh/workers and tests) */
+  observations(id: string): { node: string; status: WorkerStatus; hlc: Hlc }[] {
+    return [...(this.health.get(id) ?? [])].map(([node, o]) => ({ node, status: o.status, hlc: o.hlc }));
+  }
+
+  /** the status the observations of a worker add up to (see the class comment) */
+  private statusOf(id: string): WorkerStatus {
+    const byNode = this.health.get(id);
+    if (!byNode) return 'pending';
+    let latest: { hlc: Hlc; status: WorkerStatus } | undefined;
+    let latestAny: { hlc: Hlc; status: WorkerStatus } | undefined;
+    let ready = false;
+    for (const [node, o] of byNode) {
+      // draining is an admin decision (DELETE on some peer), not a probe: it counts from anyone
+      if (o.status === 'draining') return 'draining';
+      if (!latestAny || compareHlc(o.hlc, latestAny.hlc) > 0) latestAny = o;
+      if (!this.judge(id, node)) continue;
+      if (o.status === 'ready') ready = true;
+      if (!latest || compareHlc(o.hlc, latest.hlc) > 0) latest = o;
+    }
+    if (ready) return 'ready';
+    // no current prober has spoken yet (a membership change): the last word of anyone
+    return (latest ?? latestAny)?.status ?? 'pending';
   }
 
   /**
@@ -132,12 +178,17 @@ export class WorkerRegistry {
   /** canonical copy of the CRDT state (sorted), for tests, digests and snapshots */
   exportState(): {
     entries: [string, RegistryEntry][];
-    health: [string, { hlc: Hlc; status: WorkerStatus }][];
+    health: [string, [string, { hlc: Hlc; status: WorkerStatus }][]][];
   } {
     const byKey = <T>(a: [string, T], b: [string, T]) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
     return {
       entries: [...this.entries].map(([k, v]): [string, RegistryEntry] => [k, { ...v }]).sort(byKey),
-      health: [...this.health].map(([k, v]): [string, typeof v] => [k, { ...v }]).sort(byKey),
+      health: [...this.health]
+        .map(([k, v]): [string, [string, { hlc: Hlc; status: WorkerStatus }][]] => [
+          k,
+          [...v].map(([n, o]): [string, typeof o] => [n, { ...o }]).sort(byKey),
+        ])
+        .sort(byKey),
     };
   }
 
@@ -149,7 +200,7 @@ export class WorkerRegistry {
     const byUrl = new Map<string, WorkerView>();
     for (const [id, e] of this.entries) {
       if (e.removed || !e.spec) continue;
-      const status = this.health.get(id)?.status ?? 'pending';
+      const status = this.statusOf(id);
       const prev = this.views.get(id);
       const view: WorkerView =
         prev && prev.spec === e.spec && prev.status === status

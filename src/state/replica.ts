@@ -3,10 +3,11 @@
  * through `apply`, whose merge rules are commutative, associative and idempotent for every kind,
  * so local writes, gossip and replays from disk can interleave in any order.
  *
- * Routing reads `registry`, `load` and `cache` directly, admission reads `rateLimits` (in memory,
- * synchronous). The mesh and the store subscribe with `onApplied` and feed remote or stored events
- * back through `apply`; rate-limit usage is the exception on the way out: local increments stay in
- * memory and the mesh collects them with `rateLimits.takeDirty()` on its own timer.
+ * Routing reads `registry`, `load` and `cache` directly, admission reads `rateLimits` and
+ * `globalRate` (in memory, synchronous). The mesh and the store subscribe with `onApplied` and feed
+ * remote or stored events back through `apply`; rate-limit usage is the exception on the way out:
+ * local increments stay in memory and the mesh collects them with `takeDirty()` on every
+ * `rateLimitUsages()` instance on its own timer.
  *
  * Owns: the merge. Never: I/O, timers, imports from outside src/state.
  */
@@ -14,7 +15,7 @@ import { CacheIndex } from './cache-index.js';
 import type { StateEvent } from './events.js';
 import { HlcClock, type Hlc } from './hlc.js';
 import { LoadView } from './load-view.js';
-import { RateLimitUsage } from './rate-limit.js';
+import { GLOBAL_RATE_WINDOW_MS, RateLimitUsage } from './rate-limit.js';
 import { RegistryDoc, actorIdFor, type RegistryDocDiff } from './registry-doc.js';
 import { WorkerRegistry } from './registry.js';
 
@@ -48,6 +49,11 @@ export class Replica {
   readonly cache: CacheIndex;
   readonly rateLimits: RateLimitUsage;
   /**
+   * The cluster-wide request rate (1 s windows, key `global`): admission counts every admitted
+   * inference request here when a global limit is set (`/mesh/rate-limit`).
+   */
+  readonly globalRate: RateLimitUsage;
+  /**
    * Workers, per-model policies and config as an Automerge document: the source of truth of the
    * registry. Its changes feed `registry` (the routing view) through worker.upsert/remove events.
    */
@@ -62,6 +68,7 @@ export class Replica {
     this.load = new LoadView(opts.nodeId);
     this.cache = new CacheIndex(opts.cacheBlocksPerWorker);
     this.rateLimits = new RateLimitUsage(opts.nodeId, { windowMs: opts.rateLimitWindowMs, now: opts.now });
+    this.globalRate = new RateLimitUsage(opts.nodeId, { windowMs: GLOBAL_RATE_WINDOW_MS, now: opts.now });
     this.doc = opts.registryDoc ?? RegistryDoc.create(actorIdFor(opts.nodeId, 0));
     this.doc.onChange((diff) => this.onDocChange(diff));
     // a document restored from disk: its workers are the registry before any peer answers
@@ -130,6 +137,11 @@ export class Replica {
     for (const l of this.diffListeners) l(diff);
   }
 
+  /** every rate-limit usage this node keeps (the mesh gossips their slots) */
+  rateLimitUsages(): RateLimitUsage[] {
+    return [this.rateLimits, this.globalRate];
+  }
+
   onApplied(listener: AppliedListener): () => void {
     return subscribe(this.listeners, listener);
   }
@@ -152,6 +164,7 @@ export class Replica {
       load: this.load.exportState(),
       cache: this.cache.exportState(),
       rateLimits: this.rateLimits.exportState(),
+      globalRate: this.globalRate.exportState(),
     };
   }
 
@@ -180,7 +193,10 @@ export class Replica {
         // a removed worker's id never comes back (re-registration mints a new id)
         return this.registry.isRemoved(ev.worker) ? false : this.cache.apply(ev);
       case 'ratelimit.slots':
-        return this.rateLimits.apply(ev);
+        // each usage takes only slots of its own window length
+        return ev.windowMs === this.globalRate.windowMs && ev.windowMs !== this.rateLimits.windowMs
+          ? this.globalRate.apply(ev)
+          : this.rateLimits.apply(ev);
     }
   }
 }

@@ -167,9 +167,15 @@ export class MeshCluster {
     );
   }
 
-  async stop(): Promise<void> {
+  /** stops every running peer (SIGTERM) and keeps their data dirs, so peers can restart from them */
+  async stopPeers(): Promise<void> {
     await Promise.all(this.running().map((p) => p.stop()));
     this.peers.length = 0;
+  }
+
+  /** stops every peer and removes the data dirs (when the cluster created their root) */
+  async stop(): Promise<void> {
+    await this.stopPeers();
     if (this.ownRoot) rmSync(this.root, { recursive: true, force: true });
   }
 }

@@ -82,8 +82,16 @@ export class WorkerBreakers {
   /** records an attempt's verdict (undefined = cancelled) and refreshes the gauges */
   record(worker: WorkerView, breaker: CircuitBreaker, outcome: Outcome | undefined, wasTrial: boolean): void {
     breaker.record(outcome, wasTrial);
-    if (outcome !== undefined) this.entries.get(worker.id)?.outcomes[outcome].inc();
+    if (outcome === undefined) return;
+    this.entries.get(worker.id)?.outcomes[outcome].inc();
+    if (outcome === 'failure') this.onFailure?.(worker.id);
   }
+
+  /**
+   * Called on every failed attempt (connection error, timeout, 5xx; never a 4xx): the mesh turns it
+   * into a suspect hint so the worker's probers check it now. The breaker stays this node's own.
+   */
+  onFailure: ((workerId: string) => void) | undefined;
 
   /** consecutive-run gauges, refreshed at scrape time rather than on every request */
   refreshGauges(): void {

@@ -25,8 +25,26 @@ export interface JobStatus {
   message: string;
 }
 
+/**
+ * Shared probing (the mesh): which workers this node probes, and hints that a worker just failed.
+ * Without one, this node probes every worker.
+ */
+export interface ProbeDuty {
+  isProber(workerId: string): boolean;
+  /** the assignment may have changed */
+  onDutyChange(fn: () => void): () => void;
+  /** a peer (or this node) saw the worker fail: probe it now if this node is one of its probers */
+  onSuspect(fn: (workerId: string) => void): () => void;
+}
+
+/** a suspect hint re-probes at most this often */
+const MIN_HINTED_PROBE_GAP_MS = 250;
+
 interface Runtime {
   id: string;
+  /** this node's last published observation (what peers hold from it) */
+  reported?: WorkerStatus;
+  lastProbeAt: number;
   /** the spec last seen in the registry (a change from any peer re-arms probes and polls) */
   spec: WorkerSpec;
   health: HealthState;
@@ -54,6 +72,8 @@ export interface WorkerManagerOptions {
 export class WorkerManager {
   private readonly runtimes = new Map<string, Runtime>();
   private closed = false;
+  private duty: ProbeDuty | undefined;
+  private readonly dutyOffs: (() => void)[] = [];
 
   constructor(private readonly o: WorkerManagerOptions) {
     // the registry is replicated: workers registered, changed or removed on any peer arrive here
@@ -64,13 +84,76 @@ export class WorkerManager {
     });
   }
 
+  /**
+   * From now on probe only the workers `duty` assigns to this node (the mesh: 2 probers per worker),
+   * taking over a worker's health where the fleet left it, and probe at once on a suspect hint.
+   */
+  setProbeDuty(duty: ProbeDuty): void {
+    for (const off of this.dutyOffs.splice(0)) off();
+    this.duty = duty;
+    this.dutyOffs.push(
+      duty.onDutyChange(() => this.reassign()),
+      duty.onSuspect((id) => this.probeOnHint(id)),
+    );
+    this.reassign();
+  }
+
+  private reassign(): void {
+    if (this.closed) return;
+    for (const rt of this.runtimes.values()) {
+      if (rt.stopped || rt.drainTimer || this.healthDisabled(rt.spec)) continue;
+      const mine = this.duty ? this.duty.isProber(rt.id) : true;
+      if (!mine) {
+        if (rt.timer) clearTimeout(rt.timer);
+        rt.timer = undefined;
+      } else if (!rt.timer && !rt.probing) {
+        // continue from the fleet's verdict: a ready worker needs the failure threshold to go out
+        const status = this.o.replica.registry.get(rt.id)?.status;
+        if (status === 'ready' || status === 'not_ready') rt.health = initialHealth(status);
+        this.scheduleProbe(rt, Math.floor(Math.random() * 200));
+      }
+    }
+  }
+
+  private probeOnHint(id: string): void {
+    const rt = this.runtimes.get(id);
+    if (!rt || rt.stopped || rt.drainTimer || rt.probing || this.healthDisabled(rt.spec)) return;
+    if (this.duty && !this.duty.isProber(id)) return;
+    if (Date.now() - rt.lastProbeAt < MIN_HINTED_PROBE_GAP_MS) return;
+    if (rt.timer) clearTimeout(rt.timer);
+    this.scheduleProbe(rt, 0);
+  }
+
   jobStatus(id: string): JobStatus | undefined {
     return this.runtimes.get(id)?.job;
   }
 
   /** starts probes and polls for every worker already in the registry (restored from the data dir) */
   adoptExisting(): void {
-    for (const w of this.o.replica.registry.list()) if (!this.runtimes.has(w.id)) this.onUpsert(w.id, w.spec);
+    for (const w of this.o.replica.registry.list()) {
+      if (this.runtimes.has(w.id)) continue;
+      const rt = this.start(w.id, w.spec);
+      // known before the restart: one good probe brings it back (a new worker needs the threshold)
+      const threshold = w.spec.health.success_threshold ?? this.o.health.successThreshold;
+      rt.health = { ...rt.health, consecutiveSuccesses: Math.max(0, threshold - 1) };
+    }
+  }
+
+  /**
+   * Resolves once every worker with health checks has had its first probe answered (or failed),
+   * or after `timeoutMs`: a restarted node listens only then, so its first requests find the
+   * workers it restored routable instead of pending.
+   */
+  async firstProbes(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    const waiting = (): boolean => {
+      for (const rt of this.runtimes.values()) {
+        if (rt.stopped || this.healthDisabled(rt.spec)) continue;
+        if (rt.lastProbeAt === 0 || rt.probing) return true;
+      }
+      return false;
+    };
+    while (waiting() && Date.now() < deadline && !this.closed) await new Promise((r) => setTimeout(r, 10));
   }
 
   /** registers a worker; throws SmgError 409 when its URL is already registered */
@@ -93,6 +176,7 @@ export class WorkerManager {
       modelsDiscovered: spec.models.length > 0,
       probing: false,
       stopped: false,
+      lastProbeAt: 0,
     };
     this.runtimes.set(id, rt);
     const disabled = this.healthDisabled(spec);
@@ -209,6 +293,7 @@ export class WorkerManager {
 
   async close(): Promise<void> {
     this.closed = true;
+    for (const off of this.dutyOffs.splice(0)) off();
     for (const rt of this.runtimes.values()) {
       this.stopTimers(rt);
       if (rt.drainTimer) clearTimeout(rt.drainTimer);
@@ -233,8 +318,10 @@ export class WorkerManager {
 
   private setStatus(rt: Runtime, status: WorkerStatus): void {
     rt.health = { ...rt.health, status };
-    const view = this.o.replica.registry.get(rt.id);
-    if (view?.status === status) return;
+    // compared with this node's own last word, not the fleet's verdict: peers must hold this node's
+    // current observation even when the verdict already agrees with it
+    if (rt.reported === status) return;
+    rt.reported = status;
     this.o.replica.apply({ kind: 'worker.health', id: rt.id, status, hlc: this.o.replica.tick() });
   }
 
@@ -353,7 +440,9 @@ export class WorkerManager {
     rt.timer = undefined;
     const view = this.o.replica.registry.get(rt.id);
     if (!view || rt.stopped || rt.probing) return;
+    if (this.duty && !this.duty.isProber(rt.id)) return; // another peer's duty now
     rt.probing = true;
+    rt.lastProbeAt = Date.now();
     const spec = view.spec;
     const res = await this.get(spec, this.o.health.endpoint);
     rt.probing = false;
@@ -385,6 +474,9 @@ export class WorkerManager {
         'worker health changed',
       );
       if (rt.health.status === 'ready' && !rt.modelsDiscovered) void this.discover(rt);
+    } else if (rt.reported !== rt.health.status && rt.health.status !== 'pending') {
+      // a prober taking over (or back) a worker: its observation replaces what peers hold from it
+      this.setStatus(rt, rt.health.status);
     }
     if (rt.health.status === 'failed') {
       if (this.o.health.removeUnhealthyWorkers) this.finishRemoval(rt.id);
