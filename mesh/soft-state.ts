@@ -25,6 +25,7 @@ import type { Logger } from '../src/observability/logger.js';
 import { chainsOf, type CacheRow } from '../src/state/cache-chains.js';
 import { CHECKPOINT_STRIDE } from '../src/state/cache-index.js';
 import type { CacheBlocksEvent, StateEvent } from '../src/state/events.js';
+import { readGlobalRateLimit } from '../src/state/global-rate-limit.js';
 import type { RateLimitUsage } from '../src/state/rate-limit.js';
 import type { Replica } from '../src/state/replica.js';
 import type { NodeStore } from '../store/node-store.js';
@@ -310,8 +311,14 @@ export class SoftState {
 
   private flushSlots(): void {
     const slots: SlotBody[] = [];
+    const { replica } = this.o;
+    // the global request rate is counted on every request; peers need it only while a limit is set
+    // (a limit set later starts from the counts of the next flush: windows are one second)
+    const globalLimited = readGlobalRateLimit(replica.doc) > 0;
     for (const u of this.rateLimitUsages()) {
-      for (const ev of u.takeDirty()) slots.push(ev);
+      const dirty = u.takeDirty();
+      if (u === replica.globalRate && !globalLimited) continue;
+      for (const ev of dirty) slots.push(ev);
     }
     if (slots.length === 0) return;
     for (let i = 0; i < slots.length; i += 1000)

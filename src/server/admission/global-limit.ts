@@ -14,29 +14,23 @@
  */
 import { SmgError } from '../../protocols/errors.js';
 import type { RateLimitUsage } from '../../state/rate-limit.js';
-import type { RegistryDoc } from '../../state/registry-doc.js';
 import type { Replica } from '../../state/replica.js';
 
-export const GLOBAL_RATE_LIMIT_CONFIG_KEY = 'global_rate_limit';
-/** the one key of `Replica.globalRate` */
-export const GLOBAL_RATE_KEY = 'global';
+import {
+  GLOBAL_RATE_KEY,
+  GLOBAL_RATE_LIMIT_CONFIG_KEY,
+  decodeGlobalRateLimit,
+  encodeGlobalRateLimit,
+  readGlobalRateLimit,
+} from '../../state/global-rate-limit.js';
 
-/** the registry config value for `limit` (hex of its JSON, as /mesh/config stores values) */
-export function encodeGlobalRateLimit(limit: number): string {
-  return Buffer.from(JSON.stringify({ limit_per_second: limit }), 'utf8').toString('hex');
-}
-
-/** the limit in a stored config value; 0 (unlimited) when absent or unreadable */
-export function decodeGlobalRateLimit(hex: string | undefined): number {
-  if (hex === undefined || hex.length % 2 !== 0 || !/^[0-9a-f]*$/i.test(hex)) return 0;
-  try {
-    const v = (JSON.parse(Buffer.from(hex, 'hex').toString('utf8')) as { limit_per_second?: unknown })
-      ?.limit_per_second;
-    return typeof v === 'number' && Number.isSafeInteger(v) && v > 0 ? v : 0;
-  } catch {
-    return 0;
-  }
-}
+export {
+  GLOBAL_RATE_KEY,
+  GLOBAL_RATE_LIMIT_CONFIG_KEY,
+  decodeGlobalRateLimit,
+  encodeGlobalRateLimit,
+  readGlobalRateLimit,
+};
 
 /** why `v` is not a valid `limit_per_second`, or undefined when it is one */
 export function globalRateLimitProblem(v: unknown): string | undefined {
@@ -44,11 +38,6 @@ export function globalRateLimitProblem(v: unknown): string | undefined {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
     return `"limit_per_second" must be a whole number >= 0 (0 = unlimited), got ${JSON.stringify(v) ?? String(v)}`;
   return undefined;
-}
-
-/** the limit the registry document holds now */
-export function readGlobalRateLimit(doc: RegistryDoc): number {
-  return decodeGlobalRateLimit(doc.config().get(GLOBAL_RATE_LIMIT_CONFIG_KEY));
 }
 
 export const globalRateLimitExceeded = (limit: number, retryAfterSecs: number) =>
