@@ -26,8 +26,8 @@ import {
   type CpuWindow,
 } from './common.js';
 
-const CHAT_PATH = '/v1/chat/completions';
-const MODEL = 'mock-model';
+export const CHAT_PATH = '/v1/chat/completions';
+export const MODEL = 'mock-model';
 const POLICIES = ['cache_aware', 'round_robin'] as const;
 type ComparedPolicy = (typeof POLICIES)[number];
 
@@ -48,12 +48,12 @@ export interface CacheAwareParams {
   runTimeoutS: number;
 }
 
-interface Message {
+export interface Message {
   role: 'system' | 'user' | 'assistant';
   content: string;
 }
 
-interface TurnRecord {
+export interface TurnRecord {
   conversation: number;
   turn: number;
   status: number;
@@ -66,7 +66,7 @@ interface TurnRecord {
   error?: string;
 }
 
-interface Workload {
+export interface Workload {
   systems: string[];
   /** per conversation: its group and its user messages, one per turn */
   conversations: { group: number; users: string[] }[];
@@ -74,7 +74,7 @@ interface Workload {
   order: number[];
 }
 
-function buildWorkload(p: CacheAwareParams): Workload {
+export function buildWorkload(p: CacheAwareParams): Workload {
   const rnd = seededRandom(p.seed);
   const between = ([lo, hi]: [number, number]) => lo + Math.floor(rnd() * (hi - lo + 1));
   const systems = Array.from(
@@ -96,14 +96,14 @@ function buildWorkload(p: CacheAwareParams): Workload {
   return { systems, conversations, order };
 }
 
-interface ChatUsage {
+export interface ChatUsage {
   prompt_tokens?: number;
   completion_tokens?: number;
   prompt_tokens_details?: { cached_tokens?: number } | null;
 }
 
 /** one streaming chat request: TTFT at the first data chunk; content and usage parsed at the end */
-async function streamChat(pool: Pool, messages: Message[], maxTokens: number) {
+export async function streamChat(pool: Pool, messages: Message[], maxTokens: number) {
   const body = JSON.stringify({
     model: MODEL,
     messages,
@@ -154,7 +154,7 @@ async function streamChat(pool: Pool, messages: Message[], maxTokens: number) {
   };
 }
 
-async function getJson(url: string, method = 'GET'): Promise<unknown> {
+export async function getJson(url: string, method = 'GET'): Promise<unknown> {
   const res = await fetch(url, { method, signal: AbortSignal.timeout(5000) });
   const text = await res.text();
   if (res.status !== 200) throw new Error(`${method} ${url}: ${res.status} ${text.slice(0, 200)}`);
@@ -162,7 +162,7 @@ async function getJson(url: string, method = 'GET'): Promise<unknown> {
   return text ? (JSON.parse(text) as unknown) : null;
 }
 
-interface EngineStats {
+export interface EngineStats {
   requests: number;
   prompt_tokens_total: number;
   cached_tokens_total: number;
@@ -170,7 +170,7 @@ interface EngineStats {
   cached_blocks: number;
 }
 
-async function engineStats(urls: string[]): Promise<EngineStats[]> {
+export async function engineStats(urls: string[]): Promise<EngineStats[]> {
   return Promise.all(urls.map(async (u) => (await getJson(`${u}/mock/stats`)) as EngineStats));
 }
 
@@ -206,6 +206,116 @@ export interface PolicyRun {
   firstError?: string;
 }
 
+/**
+ * The closed loop: `p.concurrency` conversations in flight, each conversation's turns sequential,
+ * conversations started in `wl.order`; `pick()` chooses the pool (gateway) of each request. Stops
+ * starting requests after `p.runTimeoutS`.
+ */
+export async function closedLoop(wl: Workload, p: CacheAwareParams, pick: () => Pool): Promise<TurnRecord[]> {
+  const records: TurnRecord[] = [];
+  let next = 0;
+  let stop = false;
+  const hardStop = setTimeout(() => (stop = true), p.runTimeoutS * 1000);
+  const loop = async () => {
+    while (!stop && next < wl.order.length) {
+      const ci = wl.order[next++];
+      const conv = wl.conversations[ci];
+      const messages: Message[] = [{ role: 'system', content: wl.systems[conv.group] }];
+      for (let t = 0; t < conv.users.length && !stop; t++) {
+        messages.push({ role: 'user', content: conv.users[t] });
+        try {
+          const r = await streamChat(pick(), messages, p.maxTokens);
+          records.push({
+            conversation: ci,
+            turn: t + 1,
+            status: r.status,
+            ttftMs: r.ttftMs,
+            e2eMs: r.e2eMs,
+            promptTokens: r.usage?.prompt_tokens ?? 0,
+            cachedTokens: r.usage?.prompt_tokens_details?.cached_tokens ?? 0,
+            completionTokens: r.usage?.completion_tokens ?? 0,
+            worker: r.worker,
+            ...(r.errorBody !== undefined && { error: `${r.status} ${r.errorBody}` }),
+          });
+          if (r.status !== 200) break;
+          messages.push({ role: 'assistant', content: r.content });
+        } catch (err) {
+          records.push({
+            conversation: ci,
+            turn: t + 1,
+            status: 0,
+            ttftMs: NaN,
+            e2eMs: NaN,
+            promptTokens: 0,
+            cachedTokens: 0,
+            completionTokens: 0,
+            worker: '?',
+            error: (err as Error).message,
+          });
+          break;
+        }
+      }
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: p.concurrency }, loop));
+  } finally {
+    clearTimeout(hardStop);
+  }
+  return records;
+}
+
+export type TurnSummary = Omit<PolicyRun, 'policy' | 'engines' | 'cpu'>;
+
+/** the client-side figures of a closed-loop run (turns ≥ 2 are the follow-ups) */
+export function summarizeTurns(records: TurnRecord[], durationS: number): TurnSummary {
+  const ok = records.filter((r) => r.status === 200);
+  const sum = (rs: TurnRecord[], k: 'promptTokens' | 'cachedTokens' | 'completionTokens') =>
+    rs.reduce((a, r) => a + r[k], 0);
+  const follow = ok.filter((r) => r.turn >= 2);
+  const perWorker: Record<string, number> = {};
+  for (const r of ok) perWorker[r.worker] = (perWorker[r.worker] ?? 0) + 1;
+  const lastWorker = new Map<string, string>();
+  let sticky = 0;
+  for (const r of [...ok].sort((a, b) => a.conversation - b.conversation || a.turn - b.turn)) {
+    const key = String(r.conversation);
+    if (r.turn >= 2 && lastWorker.get(key) === r.worker) sticky++;
+    lastWorker.set(key, r.worker);
+  }
+  const errors = records.length - ok.length;
+  return {
+    durationS: round(durationS, 2),
+    requests: ok.length,
+    errors,
+    rps: round(ok.length / durationS, 2),
+    outputTokensPerS: round(sum(ok, 'completionTokens') / durationS, 1),
+    ttftMs: distribution(
+      ok.map((r) => r.ttftMs),
+      2,
+    ),
+    ttftFollowUpMs: distribution(
+      follow.map((r) => r.ttftMs),
+      2,
+    ),
+    ttftFirstTurnMs: distribution(
+      ok.filter((r) => r.turn === 1).map((r) => r.ttftMs),
+      2,
+    ),
+    e2eMs: distribution(
+      ok.map((r) => r.e2eMs),
+      2,
+    ),
+    cachedFractionFollowUps: round(sum(follow, 'cachedTokens') / Math.max(1, sum(follow, 'promptTokens')), 4),
+    cachedFractionAll: round(sum(ok, 'cachedTokens') / Math.max(1, sum(ok, 'promptTokens')), 4),
+    promptTokens: sum(ok, 'promptTokens'),
+    cachedTokens: sum(ok, 'cachedTokens'),
+    completionTokens: sum(ok, 'completionTokens'),
+    perWorker,
+    stickyFollowUps: sticky,
+    ...(errors > 0 && { firstError: records.find((r) => r.status !== 200)?.error }),
+  };
+}
+
 async function runPolicy(
   policy: ComparedPolicy,
   fleetUrls: string[],
@@ -229,107 +339,18 @@ async function runPolicy(
     const before = await engineStats(fleetUrls);
 
     const pool = new Pool(g.url, { connections: p.concurrency, pipelining: 1, keepAliveTimeout: 60_000 });
-    const records: TurnRecord[] = [];
-    let next = 0;
-    let stop = false;
-    const hardStop = setTimeout(() => (stop = true), p.runTimeoutS * 1000);
     const cpu = cpuWindow({ smg: g.child.pid, mock: mockPid });
     const t0 = process.hrtime.bigint();
-    const loop = async () => {
-      while (!stop && next < wl.order.length) {
-        const ci = wl.order[next++];
-        const conv = wl.conversations[ci];
-        const messages: Message[] = [{ role: 'system', content: wl.systems[conv.group] }];
-        for (let t = 0; t < conv.users.length && !stop; t++) {
-          messages.push({ role: 'user', content: conv.users[t] });
-          try {
-            const r = await streamChat(pool, messages, p.maxTokens);
-            records.push({
-              conversation: ci,
-              turn: t + 1,
-              status: r.status,
-              ttftMs: r.ttftMs,
-              e2eMs: r.e2eMs,
-              promptTokens: r.usage?.prompt_tokens ?? 0,
-              cachedTokens: r.usage?.prompt_tokens_details?.cached_tokens ?? 0,
-              completionTokens: r.usage?.completion_tokens ?? 0,
-              worker: r.worker,
-              ...(r.errorBody !== undefined && { error: `${r.status} ${r.errorBody}` }),
-            });
-            if (r.status !== 200) break;
-            messages.push({ role: 'assistant', content: r.content });
-          } catch (err) {
-            records.push({
-              conversation: ci,
-              turn: t + 1,
-              status: 0,
-              ttftMs: NaN,
-              e2eMs: NaN,
-              promptTokens: 0,
-              cachedTokens: 0,
-              completionTokens: 0,
-              worker: '?',
-              error: (err as Error).message,
-            });
-            break;
-          }
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: p.concurrency }, loop));
+    const records = await closedLoop(wl, p, () => pool);
     const durationS = Number(process.hrtime.bigint() - t0) / 1e9;
     const win = cpu.end();
-    clearTimeout(hardStop);
     await pool.close();
     const after = await engineStats(fleetUrls);
 
-    const ok = records.filter((r) => r.status === 200);
-    const sum = (rs: TurnRecord[], k: 'promptTokens' | 'cachedTokens' | 'completionTokens') =>
-      rs.reduce((a, r) => a + r[k], 0);
-    const follow = ok.filter((r) => r.turn >= 2);
-    const perWorker: Record<string, number> = {};
-    for (const r of ok) perWorker[r.worker] = (perWorker[r.worker] ?? 0) + 1;
-    const lastWorker = new Map<string, string>();
-    let sticky = 0;
-    for (const r of [...ok].sort((a, b) => a.conversation - b.conversation || a.turn - b.turn)) {
-      const key = String(r.conversation);
-      if (r.turn >= 2 && lastWorker.get(key) === r.worker) sticky++;
-      lastWorker.set(key, r.worker);
-    }
-    const errors = records.length - ok.length;
+    const { firstError, ...stats } = summarizeTurns(records, durationS);
     return {
       policy,
-      durationS: round(durationS, 2),
-      requests: ok.length,
-      errors,
-      rps: round(ok.length / durationS, 2),
-      outputTokensPerS: round(sum(ok, 'completionTokens') / durationS, 1),
-      ttftMs: distribution(
-        ok.map((r) => r.ttftMs),
-        2,
-      ),
-      ttftFollowUpMs: distribution(
-        follow.map((r) => r.ttftMs),
-        2,
-      ),
-      ttftFirstTurnMs: distribution(
-        ok.filter((r) => r.turn === 1).map((r) => r.ttftMs),
-        2,
-      ),
-      e2eMs: distribution(
-        ok.map((r) => r.e2eMs),
-        2,
-      ),
-      cachedFractionFollowUps: round(
-        sum(follow, 'cachedTokens') / Math.max(1, sum(follow, 'promptTokens')),
-        4,
-      ),
-      cachedFractionAll: round(sum(ok, 'cachedTokens') / Math.max(1, sum(ok, 'promptTokens')), 4),
-      promptTokens: sum(ok, 'promptTokens'),
-      cachedTokens: sum(ok, 'cachedTokens'),
-      completionTokens: sum(ok, 'completionTokens'),
-      perWorker,
-      stickyFollowUps: sticky,
+      ...stats,
       engines: fleetUrls.map((url, i) => ({
         url,
         requests: after[i].requests - before[i].requests,
@@ -338,7 +359,7 @@ async function runPolicy(
         cachedBlocks: after[i].cached_blocks,
       })),
       cpu: win,
-      ...(errors > 0 && { firstError: records.find((r) => r.status !== 200)?.error }),
+      ...(firstError !== undefined && { firstError }),
     };
   } finally {
     await gw?.stop();

@@ -1,7 +1,7 @@
 /**
  * Benchmark runner:
  *
- *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh ...] [--quick] [--profile]
+ *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing ...] [--quick] [--profile]
  *
  * Runs the named benchmarks (default: all, in that order). Each writes its JSON to
  * bench/results/<name>.json and prints it to stdout followed by one `SUMMARY <name>: …` line.
@@ -10,6 +10,8 @@
 import { runCacheAwareBench } from './cache-aware.js';
 import { log, writeResult, type BenchOptions, type BenchOutcome } from './common.js';
 import { runMeshBench } from './mesh.js';
+import { runMeshRoutingBench } from './mesh-routing.js';
+import { runMeshRateLimitBench } from './mesh-rate-limit.js';
 import { stopAllNginx } from './nginx.js';
 import { runProxyBench } from './proxy.js';
 import { runReliabilityBench } from './reliability.js';
@@ -22,6 +24,8 @@ const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> 
   'cache-aware': runCacheAwareBench,
   reliability: runReliabilityBench,
   mesh: runMeshBench,
+  'mesh-routing': runMeshRoutingBench,
+  'mesh-rate-limit': runMeshRateLimitBench,
 };
 
 const USAGE = `usage: node dist/bench/run.js [${Object.keys(BENCHMARKS).join('|')} ...] [--quick] [--profile]
