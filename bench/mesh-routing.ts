@@ -55,6 +55,8 @@ import {
   type BenchOutcome,
   type CpuWindow,
   type Distribution,
+  parseMetrics,
+  type Sample,
 } from './common.js';
 
 // ---------------------------------------------------------------- parameters
@@ -123,32 +125,6 @@ interface Node {
   url: string;
   metricsUrl: string;
   pid: number | undefined;
-}
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** Prometheus text format, only the families starting with `prefix` */
-function parseMetrics(text: string, prefix: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(prefix)) continue;
-    const brace = line.indexOf('{');
-    const space = line.lastIndexOf(' ');
-    if (space < 0) continue;
-    const hasLabels = brace >= 0 && brace < space;
-    const name = hasLabels ? line.slice(0, brace) : line.slice(0, space).trim();
-    const labels: Record<string, string> = {};
-    if (hasLabels) {
-      const body = line.slice(brace + 1, line.lastIndexOf('}'));
-      for (const m of body.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[m[1]] = m[2];
-    }
-    out.push({ name, labels, value: Number(line.slice(space + 1)) });
-  }
-  return out;
 }
 
 /** an overloaded peer can be slow to answer: 30 s, then one more try */

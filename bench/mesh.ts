@@ -36,34 +36,11 @@ import {
   type BenchOutcome,
   type CpuWindow,
   type Distribution,
+  parseMetrics,
+  type Sample,
 } from './common.js';
 
 // ---------------------------------------------------------------- helpers
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** parses the Prometheus text format (only the families starting with `prefix`) */
-function parseMetrics(text: string, prefix: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(prefix)) continue;
-    const brace = line.indexOf('{');
-    const space = line.lastIndexOf(' ');
-    if (space < 0) continue;
-    const name = brace >= 0 && brace < space ? line.slice(0, brace) : line.slice(0, space).trim();
-    const labels: Record<string, string> = {};
-    if (brace >= 0 && brace < space) {
-      const body = line.slice(brace + 1, line.lastIndexOf('}'));
-      for (const m of body.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[m[1]] = m[2];
-    }
-    out.push({ name, labels, value: Number(line.slice(space + 1)) });
-  }
-  return out;
-}
 
 async function scrape(peer: MeshPeer): Promise<Sample[]> {
   const res = await fetch(`${peer.metricsUrl}/metrics`, { signal: AbortSignal.timeout(5000) });

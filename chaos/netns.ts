@@ -9,7 +9,7 @@
  * containers) the `loss` scenario falls back to the fault file (mesh/faults.ts), and says so.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import type { Proc } from '../src/testing/processes.js';
+import { trackProcess, type Proc } from '../src/testing/processes.js';
 
 function ip(args: string[]): string {
   return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 10_000 });
@@ -183,30 +183,5 @@ export function spawnInNetns(ns: string, entry: string, args: string[], env: Nod
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });
-  let out = '';
-  const keep = (b: Buffer) => {
-    out += b.toString();
-    if (out.length > 200_000) out = out.slice(-100_000);
-  };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const proc: Proc = {
-    child,
-    output: () => out,
-    async stop(signal: NodeJS.Signals = 'SIGTERM') {
-      spawned.delete(proc);
-      if (child.signalCode === 'SIGSTOP') child.kill('SIGCONT');
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill(signal);
-        const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-        const code = await exited;
-        clearTimeout(t);
-        return code;
-      }
-      return child.exitCode;
-    },
-  };
-  spawned.add(proc);
-  return proc;
+  return trackProcess(child, spawned);
 }

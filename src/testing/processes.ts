@@ -39,6 +39,14 @@ export function spawnSmg(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });
+  return trackProcess(child, running);
+}
+
+/**
+ * A Proc for a spawned child: keeps the tail of its output, and `stop` (SIGCONT first if it was
+ * stopped, then `signal`, SIGKILL after 5 s) removes it from `registry`, which holds it meanwhile.
+ */
+export function trackProcess(child: ChildProcess, registry: Set<Proc>): Proc {
   let out = '';
   const keep = (b: Buffer) => {
     out += b.toString();
@@ -50,8 +58,9 @@ export function spawnSmg(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
   const proc: Proc = {
     child,
     output: () => out,
-    async stop(signal = 'SIGTERM') {
-      running.delete(proc);
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      registry.delete(proc);
+      if (child.signalCode === 'SIGSTOP') child.kill('SIGCONT');
       if (child.exitCode === null && child.signalCode === null) {
         child.kill(signal);
         const t = setTimeout(() => child.kill('SIGKILL'), 5000);
@@ -62,7 +71,7 @@ export function spawnSmg(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
       return child.exitCode;
     },
   };
-  running.add(proc);
+  registry.add(proc);
   return proc;
 }
 
