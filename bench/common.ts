@@ -288,3 +288,29 @@ export function parseMetrics(text: string, prefix: string): Sample[] {
   }
   return out;
 }
+
+/**
+ * The `q` quantile of a histogram delta in ms, `buckets` mapping le (seconds) → cumulative count:
+ * linear interpolation within the bucket, as Prometheus' histogram_quantile; above the last finite
+ * bound, that bound. NaN for an empty histogram.
+ */
+export function histogramQuantileMs(
+  buckets: Map<number, number>,
+  count: number,
+  q: number,
+  digits: number,
+): number {
+  if (count === 0) return NaN;
+  let lo = 0;
+  let below = 0;
+  for (const le of [...buckets.keys()].sort((a, b) => a - b)) {
+    const c = buckets.get(le) ?? 0;
+    if (c >= q * count) {
+      if (!Number.isFinite(le)) return round(lo * 1000, digits);
+      return round((lo + ((q * count - below) / Math.max(1, c - below)) * (le - lo)) * 1000, digits);
+    }
+    lo = le;
+    below = c;
+  }
+  return NaN;
+}

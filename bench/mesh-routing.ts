@@ -57,6 +57,7 @@ import {
   type Distribution,
   parseMetrics,
   type Sample,
+  histogramQuantileMs,
 } from './common.js';
 
 // ---------------------------------------------------------------- parameters
@@ -307,20 +308,6 @@ interface LagQuantiles {
 /** p50/p99 of one histogram's delta: `buckets` maps le → cumulative count */
 function quantiles(buckets: Map<number, number>, count: number, sum: number): LagQuantiles {
   const les = [...buckets.keys()].sort((a, b) => a - b);
-  const estimate = (q: number) => {
-    let lo = 0;
-    let below = 0;
-    for (const le of les) {
-      const c = buckets.get(le) ?? 0;
-      if (c >= q * count) {
-        if (!Number.isFinite(le)) return round(lo * 1000, 2);
-        return round((lo + ((q * count - below) / Math.max(1, c - below)) * (le - lo)) * 1000, 2);
-      }
-      lo = le;
-      below = c;
-    }
-    return NaN;
-  };
   let bucketLe: number | string = NaN;
   for (const le of les) {
     if ((buckets.get(le) ?? 0) >= 0.99 * count) {
@@ -331,8 +318,8 @@ function quantiles(buckets: Map<number, number>, count: number, sum: number): La
   return {
     count,
     meanMs: round(count ? (sum / count) * 1000 : NaN, 2),
-    p50Ms: count ? estimate(0.5) : NaN,
-    p99Ms: count ? estimate(0.99) : NaN,
+    p50Ms: histogramQuantileMs(buckets, count, 0.5, 2),
+    p99Ms: histogramQuantileMs(buckets, count, 0.99, 2),
     p99BucketLeMs: count ? bucketLe : NaN,
   };
 }

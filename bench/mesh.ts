@@ -38,6 +38,7 @@ import {
   type Distribution,
   parseMetrics,
   type Sample,
+  histogramQuantileMs,
 } from './common.js';
 
 // ---------------------------------------------------------------- helpers
@@ -132,27 +133,13 @@ function lagDelta(before: Sample[][], after: Sample[][]): LagHistogram {
     for (const le of les) if ((buckets.get(le) ?? 0) >= q * count) return round(le * 1000, 1);
     return NaN;
   };
-  const estimate = (q: number) => {
-    let lo = 0;
-    let below = 0;
-    for (const le of les) {
-      const c = buckets.get(le) ?? 0;
-      if (c >= q * count) {
-        if (!Number.isFinite(le)) return round(lo * 1000, 1);
-        return round((lo + ((q * count - below) / Math.max(1, c - below)) * (le - lo)) * 1000, 1);
-      }
-      lo = le;
-      below = c;
-    }
-    return NaN;
-  };
   return {
     count,
     meanMs: round(count ? (sum / count) * 1000 : NaN, 2),
     p50BucketLeMs: count ? bucketFor(0.5) : NaN,
     p99BucketLeMs: count ? bucketFor(0.99) : NaN,
-    p50EstMs: count ? estimate(0.5) : NaN,
-    p99EstMs: count ? estimate(0.99) : NaN,
+    p50EstMs: histogramQuantileMs(buckets, count, 0.5, 1),
+    p99EstMs: histogramQuantileMs(buckets, count, 0.99, 1),
   };
 }
 

@@ -46,17 +46,9 @@ export interface RoutingStats {
  * successful turn.
  */
 export function routingConsistency(turns: TurnRecord[], faultAt: number): RoutingStats {
-  const byConv = new Map<number, TurnRecord[]>();
-  for (const t of turns) {
-    if (!t.ok) continue;
-    let list = byConv.get(t.conversation);
-    if (!list) byConv.set(t.conversation, (list = []));
-    list.push(t);
-  }
   let total = 0;
   let same = 0;
-  for (const list of byConv.values()) {
-    list.sort((a, b) => a.turn - b.turn);
+  for (const list of successfulTurnsByConversation(turns, () => true)) {
     if (list.length === 0 || list[0].sentAt >= faultAt) continue;
     for (let i = 1; i < list.length; i++) {
       if (list[i].sentAt < faultAt) continue;
@@ -69,23 +61,32 @@ export function routingConsistency(turns: TurnRecord[], faultAt: number): Routin
 
 /** routing consistency before the fault (every turn vs its previous turn), the baseline to compare with */
 export function baselineConsistency(turns: TurnRecord[], faultAt: number): RoutingStats {
-  const byConv = new Map<number, TurnRecord[]>();
-  for (const t of turns) {
-    if (!t.ok || t.sentAt >= faultAt) continue;
-    let list = byConv.get(t.conversation);
-    if (!list) byConv.set(t.conversation, (list = []));
-    list.push(t);
-  }
   let total = 0;
   let same = 0;
-  for (const list of byConv.values()) {
-    list.sort((a, b) => a.turn - b.turn);
+  for (const list of successfulTurnsByConversation(turns, (t) => t.sentAt < faultAt)) {
     for (let i = 1; i < list.length; i++) {
       total++;
       if (list[i].worker === list[i - 1].worker) same++;
     }
   }
   return { turns: total, sameWorker: same, ratio: total === 0 ? null : same / total };
+}
+
+/** the successful turns that pass `keep`, per conversation, in turn order */
+function successfulTurnsByConversation(
+  turns: TurnRecord[],
+  keep: (t: TurnRecord) => boolean,
+): TurnRecord[][] {
+  const byConv = new Map<number, TurnRecord[]>();
+  for (const t of turns) {
+    if (!t.ok || !keep(t)) continue;
+    let list = byConv.get(t.conversation);
+    if (!list) byConv.set(t.conversation, (list = []));
+    list.push(t);
+  }
+  const lists = [...byConv.values()];
+  for (const list of lists) list.sort((a, b) => a.turn - b.turn);
+  return lists;
 }
 
 /** counts of timestamps per whole window of `windowMs` (aligned to the first timestamp's window) */

@@ -60,16 +60,16 @@ export const CHECKPOINT_STRIDE = 8;
 /**
  * The largest d in [0, n] such that `held(i)` for every block i < d, given that `held` is
  * prefix-closed over the checkpoints (blocks S−1, 2S−1, …) and, after the deepest checkpoint held,
- * over the blocks up to the next one. `held(i)` is probed O(log n) times.
+ * over the blocks up to the next one. `probe.held(i)` is called O(log n) times.
  */
-function deepestHeld(n: number, held: (i: number) => boolean): number {
+function deepestHeld(n: number, probe: HeldProbe): number {
   const S = CHECKPOINT_STRIDE;
   // checkpoints: blocks k·S − 1 for k = 1..floor(n / S)
   let lo = 0;
   let hi = Math.floor(n / S);
   while (lo < hi) {
     const mid = (lo + hi + 1) >>> 1;
-    if (held(mid * S - 1)) lo = mid;
+    if (probe.held(mid * S - 1)) lo = mid;
     else hi = mid - 1;
   }
   // then the blocks after the deepest checkpoint, up to (not including) the next one
@@ -77,7 +77,7 @@ function deepestHeld(n: number, held: (i: number) => boolean): number {
   let b = Math.min(n, a + S - 1);
   while (a < b) {
     const mid = (a + b + 1) >>> 1;
-    if (held(mid - 1)) a = mid;
+    if (probe.held(mid - 1)) a = mid;
     else b = mid - 1;
   }
   return a;
@@ -356,12 +356,49 @@ export interface CacheMatch {
 
 const NO_HELD: readonly number[] = [];
 
+/**
+ * "Is block i of the prompt held?" for `deepestHeld`: by one worker (`slot` ≥ 0) or by any candidate.
+ * One per index, refilled per lookup, so the request path allocates nothing; it remembers the cell
+ * of the deepest held block it saw.
+ */
+class HeldProbe {
+  idx: ModelIndex | undefined;
+  hashes: BlockList = NO_HELD;
+  slot = -1;
+  candidateOfSlot: Int32Array = new Int32Array(0);
+  everyHolderIsCandidate = false;
+  lastIndex = -1;
+  lastCell = -1;
+
+  held(i: number): boolean {
+    const idx = this.idx as ModelIndex;
+    const cell = idx.find(blockAt(this.hashes, i));
+    if (cell < 0) return false;
+    const ok =
+      this.slot >= 0
+        ? idx.holds(cell, this.slot)
+        : this.everyHolderIsCandidate || idx.heldByCandidate(cell, this.candidateOfSlot);
+    if (ok && i > this.lastIndex) {
+      this.lastIndex = i;
+      this.lastCell = cell;
+    }
+    return ok;
+  }
+
+  /** drops the references to the prompt and the index after a lookup */
+  clear(): void {
+    this.idx = undefined;
+    this.hashes = NO_HELD;
+  }
+}
+
 export class CacheIndex {
   private readonly models = new Map<string, ModelIndex>();
   private readonly slotOf = new Map<string, number>();
   private readonly workerOfSlot: (string | undefined)[] = [];
   private readonly freeSlots: number[] = [];
   private slotsVersion = 0;
+  private readonly probe = new HeldProbe();
 
   /**
    * @param maxBlocksPerWorker per model and worker; SMG's `--max-tree-size` is a per-worker
@@ -431,21 +468,17 @@ export class CacheIndex {
     const idx = this.models.get(model);
     const n = hashes.length;
     if (!idx || n === 0) return 0;
-    const all = everyHolderIsCandidate;
-    let lastCell = -1;
-    let lastIndex = -1;
-    const depth = deepestHeld(n, (i) => {
-      const cell = idx.find(blockAt(hashes, i));
-      const ok = cell >= 0 && (all || idx.heldByCandidate(cell, candidateOfSlot));
-      if (ok && i > lastIndex) {
-        lastIndex = i;
-        lastCell = cell;
-      }
-      return ok;
-    });
-    if (depth === 0) return 0;
-    // the cell of block depth − 1 (probed by the search unless it was the only one held)
-    const loCell = lastIndex === depth - 1 ? lastCell : idx.find(blockAt(hashes, depth - 1));
+    const probe = this.probe;
+    probe.idx = idx;
+    probe.hashes = hashes;
+    probe.slot = -1;
+    probe.candidateOfSlot = candidateOfSlot;
+    probe.everyHolderIsCandidate = everyHolderIsCandidate;
+    probe.lastIndex = -1;
+    const depth = deepestHeld(n, probe);
+    // the search always probes block depth − 1 (the deepest held), so its cell is known
+    const loCell = depth > 0 && probe.lastIndex === depth - 1 ? probe.lastCell : -1;
+    probe.clear();
     if (loCell < 0) return 0;
     const o = idx.owner(loCell);
     if (o >= 0) {
@@ -472,10 +505,14 @@ export class CacheIndex {
     const idx = this.models.get(model);
     const n = Math.min(limit, hashes.length);
     if (slot === undefined || !idx || n <= 0) return 0;
-    return deepestHeld(n, (i) => {
-      const cell = idx.find(blockAt(hashes, i));
-      return cell >= 0 && idx.holds(cell, slot);
-    });
+    const probe = this.probe;
+    probe.idx = idx;
+    probe.hashes = hashes;
+    probe.slot = slot;
+    probe.lastIndex = -1;
+    const depth = deepestHeld(n, probe);
+    probe.clear();
+    return depth;
   }
 
   /** exact per-worker deepest held block (one lookup per block; tests and diagnostics) */
