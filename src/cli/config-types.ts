@@ -33,6 +33,14 @@ export interface Config {
   healthCheckPort?: number;
   workerUrls: string[];
   maxPayloadSize: number;
+  /** the whole request body must arrive within this time (408 otherwise) */
+  bodyReadTimeoutSecs: number;
+  /** request bodies held by the process at once, bytes (503 + Retry-After past it) */
+  maxBufferedRequestBytes: number;
+  /** idle keep-alive connections are closed after this */
+  keepAliveTimeoutSecs: number;
+  /** a request's headers must arrive within this time (408 otherwise) */
+  headersTimeoutSecs: number;
   requestTimeoutSecs: number;
   shutdownGracePeriodSecs: number;
   corsAllowedOrigins: string[];

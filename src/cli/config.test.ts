@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { getHeapStatistics } from 'node:v8';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { POLICY_NAMES } from '../routing/types.js';
@@ -43,6 +44,10 @@ const SMG_DEFAULTS: Config = {
   port: 30000,
   workerUrls: [],
   maxPayloadSize: 536870912,
+  bodyReadTimeoutSecs: 60,
+  maxBufferedRequestBytes: Math.floor(getHeapStatistics().heap_size_limit / 4),
+  keepAliveTimeoutSecs: 75,
+  headersTimeoutSecs: 60,
   requestTimeoutSecs: 1800,
   shutdownGracePeriodSecs: 180,
   corsAllowedOrigins: [],
@@ -170,6 +175,10 @@ const VALUE_FLAGS: [string, string, (c: Config) => unknown, unknown][] = [
   ['health-check-port', '30001', (c) => c.healthCheckPort, 30001],
   ['max-payload-size', '1024', (c) => c.maxPayloadSize, 1024],
   ['request-timeout-secs', '30', (c) => c.requestTimeoutSecs, 30],
+  ['body-read-timeout-secs', '5', (c) => c.bodyReadTimeoutSecs, 5],
+  ['max-buffered-request-bytes', '1048576', (c) => c.maxBufferedRequestBytes, 1048576],
+  ['keep-alive-timeout-secs', '10', (c) => c.keepAliveTimeoutSecs, 10],
+  ['headers-timeout-secs', '7', (c) => c.headersTimeoutSecs, 7],
   ['shutdown-grace-period-secs', '0', (c) => c.shutdownGracePeriodSecs, 0],
   ['policy', 'round_robin', (c) => c.policy, 'round_robin'],
   ['cache-threshold', '0.5', (c) => c.policyParams.cacheThreshold, 0.5],

@@ -11,6 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
+import { getHeapStatistics } from 'node:v8';
 import { extname, join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
@@ -57,6 +58,11 @@ export const LAUNCH_DEFAULTS = {
   port: 30000,
   'worker-urls': [] as string[],
   'max-payload-size': 536_870_912,
+  'body-read-timeout-secs': 60,
+  // a quarter of the V8 heap: JSON.parse of the bodies needs about as much again on the heap
+  'max-buffered-request-bytes': Math.floor(getHeapStatistics().heap_size_limit / 4),
+  'keep-alive-timeout-secs': 75,
+  'headers-timeout-secs': 60,
   'request-timeout-secs': 1800,
   'shutdown-grace-period-secs': 180,
   'cors-allowed-origins': [] as string[],
@@ -528,6 +534,10 @@ const LAUNCH_SHAPE = {
   'health-check-port': port().optional(),
   'worker-urls': workerUrls.default(D['worker-urls']),
   'max-payload-size': int(1).default(D['max-payload-size']),
+  'body-read-timeout-secs': int(1, 3600).default(D['body-read-timeout-secs']),
+  'max-buffered-request-bytes': int(1024).default(D['max-buffered-request-bytes']),
+  'keep-alive-timeout-secs': int(1, 3600).default(D['keep-alive-timeout-secs']),
+  'headers-timeout-secs': int(1, 600).default(D['headers-timeout-secs']),
   'request-timeout-secs': int(1).default(D['request-timeout-secs']),
   'shutdown-grace-period-secs': int(0).default(D['shutdown-grace-period-secs']),
   'cors-allowed-origins': textList().default(D['cors-allowed-origins']),
@@ -751,6 +761,31 @@ export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
     help: 'worker base URLs, http(s); host:port means http; commas ok',
   },
   'max-payload-size': { group: W, arity: 'value', placeholder: 'BYTES', help: 'request body size limit' },
+  'body-read-timeout-secs': {
+    group: W,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'time for a whole request body to arrive, from its first read (then 408)',
+  },
+  'max-buffered-request-bytes': {
+    group: W,
+    arity: 'value',
+    placeholder: 'BYTES',
+    defaultText: 'a quarter of the V8 heap limit',
+    help: 'request bodies held at once; past it new requests get 503 + Retry-After',
+  },
+  'keep-alive-timeout-secs': {
+    group: W,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'idle time before a keep-alive client connection is closed',
+  },
+  'headers-timeout-secs': {
+    group: W,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'time for the headers of a request to arrive (then 408)',
+  },
   'request-timeout-secs': { group: W, arity: 'value', placeholder: 'SECS', help: 'upstream request timeout' },
   'shutdown-grace-period-secs': {
     group: W,
@@ -1451,6 +1486,10 @@ export function parseLaunchArgs(argv: string[], env: NodeJS.ProcessEnv = process
     ...(v['health-check-port'] !== undefined && { healthCheckPort: v['health-check-port'] }),
     workerUrls: [...v['worker-urls']],
     maxPayloadSize: v['max-payload-size'],
+    bodyReadTimeoutSecs: v['body-read-timeout-secs'],
+    maxBufferedRequestBytes: v['max-buffered-request-bytes'],
+    keepAliveTimeoutSecs: v['keep-alive-timeout-secs'],
+    headersTimeoutSecs: v['headers-timeout-secs'],
     requestTimeoutSecs: v['request-timeout-secs'],
     shutdownGracePeriodSecs: v['shutdown-grace-period-secs'],
     corsAllowedOrigins: [...v['cors-allowed-origins']],

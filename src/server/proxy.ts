@@ -10,10 +10,17 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.js';
 import type { Tracing } from '../observability/tracing.js';
 import { errors, SmgError } from '../protocols/errors.js';
-import type { Endpoint } from '../protocols/routing-text.js';
+import { RoutingInput, type Endpoint } from '../protocols/routing-text.js';
 import type { WorkerView } from '../state/registry.js';
-import type { Admission } from './admission/index.js';
+import type { Admission, AdmissionTicket } from './admission/index.js';
 import type { Auth } from './auth.js';
+import {
+  declaredLength,
+  readBody,
+  type BodyFailure,
+  type RequestBody,
+  type RequestBytesBudget,
+} from './body-reader.js';
 import {
   Forwarding,
   writeErrorResponse,
@@ -25,11 +32,11 @@ import { ENDPOINT_BY_PATH } from './request-id.js';
 
 export { responseHeaders, upstreamRequestHeaders, type InflightCounter } from './forward.js';
 
-function parseBody(raw: Buffer): Record<string, unknown> {
+function parseBody(raw: RequestBody): Record<string, unknown> {
   if (raw.length === 0) throw errors.invalidJson('request body is empty');
   let parsed: unknown;
   try {
-    parsed = JSON.parse(raw.toString('utf8'));
+    parsed = JSON.parse(raw.text());
   } catch (err) {
     throw errors.invalidJson(err instanceof Error ? err.message : String(err));
   }
@@ -44,6 +51,7 @@ export interface HttpOutcome {
   method: string;
   /** route template, or `other` */
   route: string;
+  /** the request target; only its path is logged (a query string may carry secrets) */
   url: string;
   status: number;
   errorCode: string;
@@ -57,6 +65,11 @@ interface HttpChildren {
   responses: { inc(): void };
 }
 const httpChildren = new WeakMap<Metrics, Map<string, HttpChildren>>();
+
+function pathOnly(url: string): string {
+  const q = url.indexOf('?');
+  return q < 0 ? url : url.slice(0, q);
+}
 
 export function recordHttpOutcome(metrics: Metrics, logger: Logger, o: HttpOutcome): void {
   // one map lookup per response instead of three label hashings
@@ -86,7 +99,7 @@ export function recordHttpOutcome(metrics: Metrics, logger: Logger, o: HttpOutco
       {
         request_id: o.requestId,
         method: o.method,
-        path: o.url,
+        path: pathOnly(o.url),
         status: o.status,
         latency_ms: Math.round(o.elapsedMs * 100) / 100,
       },
@@ -97,6 +110,10 @@ export function recordHttpOutcome(metrics: Metrics, logger: Logger, o: HttpOutco
 
 export interface FastPathDeps extends Omit<ForwardDeps, 'childrenFor' | 'upstreamStatus'> {
   bodyLimit: number;
+  /** --body-read-timeout-secs, in ms */
+  bodyTimeoutMs: number;
+  /** --max-buffered-request-bytes: every body this process holds */
+  bodyBudget: RequestBytesBudget;
   genReqId: (req: IncomingMessage) => string;
   /** CORS headers for a request's Origin, or undefined */
   corsHeaders: (origin: string | undefined) => Record<string, string> | undefined;
@@ -112,13 +129,22 @@ export interface FastPathDeps extends Omit<ForwardDeps, 'childrenFor' | 'upstrea
  * hooks and child loggers: this is the hot path. Returns false for anything it does not serve
  * (the caller hands those to fastify).
  *
- * Order per request: request id → auth (tenant) → body (size limit) → parse → admission →
- * {@link Forwarding} (select, send, retry, stream).
+ * Order per request: request id → auth (tenant) → declared size and the buffered-bytes budget →
+ * admission (all on the headers; a queued request's body stays unread in the socket) → body
+ * (size, time and memory bounds, src/server/body-reader.ts) → parse → the model's tenant rule
+ * (`ticket.start`) → {@link Forwarding} (select, send, retry, stream).
  */
 export function createInferenceFastPath(
   deps: FastPathDeps,
 ): (req: IncomingMessage, res: ServerResponse) => boolean {
-  const { metrics, logger, bodyLimit, auth, admission, tracing, lifecycle } = deps;
+  const { metrics, logger, bodyLimit, bodyBudget, auth, admission, tracing, lifecycle } = deps;
+  const bodyLimits = { limit: bodyLimit, timeoutMs: deps.bodyTimeoutMs, budget: bodyBudget };
+  const BODY_FAILURES: Record<BodyFailure, () => SmgError> = {
+    too_large: () => errors.payloadTooLarge(bodyLimit),
+    timeout: () => errors.bodyReadTimeout(deps.bodyTimeoutMs / 1000),
+    over_budget: () => errors.requestBufferFull(bodyBudget.cap),
+    aborted: () => errors.clientClosed(),
+  };
   const routerChildren = new Map<string, RouterChildren>();
   function childrenFor(
     model: string,
@@ -223,6 +249,13 @@ export function createInferenceFastPath(
       if (res.headersSent) res.destroy();
       else writeErrorResponse(res, e, extraHeaders);
     };
+    // answered before (or instead of) reading the whole body: the rest is never read, so the
+    // connection closes once the answer is out
+    const failAndClose = (e: SmgError) => {
+      extraHeaders['connection'] = 'close';
+      fail(e);
+      res.once('finish', () => req.socket.destroy());
+    };
 
     let tenant = 'anonymous';
     if (auth !== undefined && (needTenant || !auth.dataPlaneOpen)) {
@@ -230,100 +263,105 @@ export function createInferenceFastPath(
         tenant = auth.authenticateData(req.headers, req.socket.remoteAddress);
       } catch (err) {
         // the body is never read: answer and close, like an oversized body
-        fail(err instanceof SmgError ? err : errors.unauthorized('data-plane'));
-        res.once('finish', () => req.socket.destroy());
+        failAndClose(err instanceof SmgError ? err : errors.unauthorized('data-plane'));
         return true;
       }
     }
 
-    // an oversized body is answered at once and its connection closed: the rest is never read
-    const rejectOversized = () => {
-      fail(errors.payloadTooLarge(bodyLimit, { connection: 'close' }));
-      res.once('finish', () => req.socket.destroy());
-    };
-    const declared = Number(req.headers['content-length']);
-    if (declared > bodyLimit) {
-      rejectOversized();
+    // everything up to admission is decided on the headers: no body byte is read before
+    const declared = declaredLength(req);
+    if (declared !== undefined && Number.isNaN(declared)) {
+      failAndClose(errors.invalidRequest('invalid content-length'));
       return true;
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let tooLarge = false;
-    req.on('data', (chunk: Buffer) => {
-      if (tooLarge) return;
-      size += chunk.length;
-      if (size > bodyLimit) {
-        tooLarge = true;
-        chunks.length = 0;
-        rejectOversized();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('error', () => res.destroy());
-    req.on('end', () => {
-      if (tooLarge || res.destroyed) return;
-      try {
-        const raw = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
-        const body = parseBody(raw);
-        const request: ForwardRequest = {
-          req,
-          res,
-          endpoint,
-          raw,
-          body,
-          requestId,
-          extraHeaders,
-          span,
-          ticket: undefined,
-          setErrorCode,
-        };
-        if (admission === undefined) {
-          new Forwarding(forwardDeps, request).start();
+    if (declared !== undefined && declared > bodyLimit) {
+      failAndClose(errors.payloadTooLarge(bodyLimit));
+      return true;
+    }
+    if (!bodyBudget.fits(declared ?? 0)) {
+      failAndClose(errors.requestBufferFull(bodyBudget.cap));
+      return true;
+    }
+    // a client that sent `Expect: 100-continue` sends its body only once it is admitted
+    const expectsContinue = /100-continue/i.test(req.headers.expect ?? '');
+
+    const readAndForward = (ticket: AdmissionTicket | undefined) => {
+      if (expectsContinue) res.writeContinue();
+      const read = readBody(req, bodyLimits, (failure, raw) => {
+        if (failure || !raw) {
+          ticket?.release();
+          if (failure === 'aborted') res.destroy();
+          else failAndClose(BODY_FAILURES[failure ?? 'aborted']());
           return;
         }
-        const priority = req.headers['x-smg-priority'];
-        let queued = true;
-        // a client that leaves while its request waits in a queue gives up its place (this runs
-        // on a later 'close' event, never during admit(), so `pending` is initialised by then)
-        const onQueuedClose = () => {
-          if (!queued) return;
-          queued = false;
-          errorCode = 'scheduler_client_cancelled';
-          pending?.cancel();
-        };
-        const pending = admission.admit(
-          {
-            tenant,
-            priority: typeof priority === 'string' ? priority : undefined,
-            model: deps.selection.resolveModel(body.model),
-            estimatedTokens: Math.ceil(raw.length / 4),
-          },
-          (err, ticket) => {
-            queued = false;
-            res.off('close', onQueuedClose);
-            if (err || !ticket) {
-              ticket?.release();
-              fail(err ?? new SmgError(500, 'internal_error', 'admission failed'));
-              return;
-            }
-            if (res.destroyed) {
-              ticket.release();
-              return;
-            }
-            request.ticket = ticket;
-            new Forwarding(forwardDeps, request).start();
-          },
-        );
-        if (queued && pending) res.once('close', onQueuedClose);
-      } catch (err) {
-        if (err instanceof SmgError) fail(err);
-        else {
-          logger.error({ err, request_id: requestId }, 'unhandled error on the inference path');
-          fail(new SmgError(500, 'internal_error', 'Internal server error'));
+        try {
+          const routing = new RoutingInput(endpoint, parseBody(raw), () => parseBody(raw));
+          const model = deps.selection.resolveModel(routing.model);
+          const refused = ticket?.start(model, Math.ceil(raw.length / 4));
+          if (refused) throw refused;
+          const request: ForwardRequest = {
+            req,
+            res,
+            endpoint,
+            raw,
+            routing,
+            requestId,
+            extraHeaders,
+            span,
+            ticket,
+            setErrorCode,
+          };
+          new Forwarding(forwardDeps, request).start();
+        } catch (err) {
+          ticket?.release();
+          if (err instanceof SmgError) fail(err);
+          else {
+            logger.error({ err, request_id: requestId }, 'unhandled error on the inference path');
+            fail(new SmgError(500, 'internal_error', 'Internal server error'));
+          }
         }
-      }
-    });
+      });
+      res.once('close', read.release);
+    };
+
+    req.on('error', () => res.destroy());
+    if (admission === undefined) {
+      readAndForward(undefined);
+      return true;
+    }
+    const priority = req.headers['x-smg-priority'];
+    let queued = true;
+    // a client that leaves while its request waits in a queue gives up its place (this runs
+    // on a later 'close' event, never during admit(), so `pending` is initialised by then)
+    const onQueuedClose = () => {
+      if (!queued) return;
+      queued = false;
+      errorCode = 'scheduler_client_cancelled';
+      pending?.cancel();
+    };
+    const pending = admission.admit(
+      {
+        tenant,
+        priority: typeof priority === 'string' ? priority : undefined,
+        estimatedTokens: declared === undefined ? 0 : Math.ceil(declared / 4),
+      },
+      (err, ticket) => {
+        queued = false;
+        res.off('close', onQueuedClose);
+        if (err || !ticket) {
+          ticket?.release();
+          // the body was never read: the connection cannot be reused
+          failAndClose(err ?? new SmgError(500, 'internal_error', 'admission failed'));
+          return;
+        }
+        if (res.destroyed) {
+          ticket.release();
+          return;
+        }
+        readAndForward(ticket);
+      },
+    );
+    if (queued && pending) res.once('close', onQueuedClose);
     return true;
   };
 }

@@ -5,7 +5,7 @@
  */
 import type { Config } from '../cli/config-types.js';
 import { errors } from '../protocols/errors.js';
-import { extractRoutingText, type Endpoint } from '../protocols/routing-text.js';
+import type { RoutingInput } from '../protocols/routing-text.js';
 import type { PolicyRegistry } from '../routing/registry.js';
 import type { HeaderValue, RoutingPolicy } from '../routing/types.js';
 import type { WorkerView } from '../state/registry.js';
@@ -56,12 +56,11 @@ export class WorkerSelection {
    * worker is left; otherwise a tried worker may be chosen again.
    */
   select(
-    endpoint: Endpoint,
-    body: Record<string, unknown>,
+    input: RoutingInput,
     headers: Record<string, HeaderValue>,
     exclude?: ReadonlySet<string>,
   ): Selection {
-    const model = this.resolveModel(body.model);
+    const model = this.resolveModel(input.model);
     const c = this.candidates(model);
     const { key, all } = c;
     let routable = c.routable;
@@ -71,7 +70,7 @@ export class WorkerSelection {
       const fresh = routable.filter((w) => !exclude.has(w.id));
       if (fresh.length > 0) routable = fresh;
     }
-    const text = policy.needsText ? extractRoutingText(endpoint, body) : '';
+    const text = policy.needsText ? input.text() : '';
     const worker = this.policies.select(key, routable, { model: key, text, headers });
     if (!worker) throw errors.noAvailableWorkers(model);
     return { worker, model, policy };

@@ -544,6 +544,13 @@ export class PriorityScheduler {
     m.schedulerUtilization.set(this.capacity > 0 ? total / this.capacity : 0);
   }
 
+  /** the longest any class lets a request wait */
+  maxQueueWaitMs(): number {
+    let secs = 0;
+    for (let c = BULK; c <= SYSTEM; c++) secs = Math.max(secs, this.settings.classes[c].queueTimeoutSecs);
+    return secs * 1000;
+  }
+
   stats(): {
     capacity: number;
     classes: Record<PriorityClass, { inflight: number; queued: number; reserved: number; available: number }>;
