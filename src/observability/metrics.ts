@@ -407,7 +407,12 @@ export class Metrics {
 }
 
 /** serves `GET /metrics` on its own listener (`--prometheus-host`, `--prometheus-port`) */
-export function startMetricsServer(metrics: Metrics, host: string, port: number): Promise<http.Server> {
+export function startMetricsServer(
+  metrics: Metrics,
+  host: string,
+  port: number,
+  log?: { error(obj: object, msg: string): void },
+): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     if (req.method === 'GET' && (req.url === '/metrics' || req.url?.startsWith('/metrics?'))) {
       try {
@@ -421,8 +426,10 @@ export function startMetricsServer(metrics: Metrics, host: string, port: number)
           res.end(text);
         },
         (err: unknown) => {
+          // a collector's exception text is internal: the log gets it, the scraper a status line
+          log?.error({ err }, 'metrics collection failed');
           res.writeHead(500, { 'content-type': 'text/plain' });
-          res.end(String(err));
+          res.end('metrics collection failed\n');
         },
       );
       return;

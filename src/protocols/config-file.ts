@@ -14,6 +14,7 @@
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { LineCounter, isAlias, isMap, isScalar, isSeq, parseDocument, type Node } from 'yaml';
+import { jsonDepth } from './json-depth.js';
 
 /** 1 MiB: far above any real configuration (the full flag set with 2,000 worker URLs is ~100 KB) */
 export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
@@ -96,24 +97,6 @@ export function parseConfigSource(source: string, format: 'json' | 'yaml'): unkn
     // e.g. an alias expanded too often (a "billion laughs" document)
     throw new ConfigFileError('invalid', (err as Error).message);
   }
-}
-
-/**
- * The depth of a parsed JSON value (a scalar is 0, `[]` is 1), counted iteratively so any input is
- * safe, and stopping as soon as `limit` is exceeded.
- */
-export function jsonDepth(value: unknown, limit: number): number {
-  if (typeof value !== 'object' || value === null) return 0;
-  let deepest = 0;
-  const stack: [object, number][] = [[value, 1]];
-  while (stack.length > 0) {
-    const [v, depth] = stack.pop() as [object, number];
-    if (depth > deepest) deepest = depth;
-    if (deepest > limit) return deepest;
-    const children = Array.isArray(v) ? (v as unknown[]) : Object.values(v);
-    for (const c of children) if (typeof c === 'object' && c !== null) stack.push([c, depth + 1]);
-  }
-  return deepest;
 }
 
 /** one pass over the YAML node tree: repeated keys and depth, without recursion */

@@ -15,7 +15,7 @@ function toSmgError(err: FastifyError | Error, bodyLimit: number): SmgError {
   if (code === 'FST_ERR_CTP_INVALID_CONTENT_LENGTH') return errors.invalidRequest('invalid content-length');
   const status = (err as FastifyError).statusCode;
   if (status && status >= 400 && status < 500) return new SmgError(status, 'invalid_request', err.message);
-  return new SmgError(500, 'internal_error', 'Internal server error');
+  return errors.internal();
 }
 
 export function makeErrorHandler(bodyLimit: number) {

@@ -260,7 +260,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     await app.listen({ host: cfg.host, port: cfg.port });
     closers.push(() => closeApp(app, inflight, Math.max(0, graceMs - settleMsFor(cfg))));
     if (opts.prometheus !== false) {
-      const ms = await startMetricsServer(metrics, cfg.prometheusHost, cfg.prometheusPort);
+      const ms = await startMetricsServer(metrics, cfg.prometheusHost, cfg.prometheusPort, logger);
       const a = listenAddress(ms);
       metricsUrl = `http://${hostForUrl(a.host)}:${a.port}`;
       closers.push(() => new Promise<void>((r) => ms.close(() => r())));

@@ -126,14 +126,16 @@ export function createInferenceFastPath(
     worker: WorkerView,
     policy: string,
   ): RouterChildren {
-    const key = `${model}\u0000${endpoint}\u0000${worker.spec.worker_type}\u0000${policy}`;
+    // keyed by the bounded label, not the client's model string, so this map stays small too
+    const modelLabel = deps.selection.modelLabel(model);
+    const key = `${modelLabel}\u0000${endpoint}\u0000${worker.spec.worker_type}\u0000${policy}`;
     let c = routerChildren.get(key);
     if (!c) {
       const labels = {
         router_type: 'http',
         backend_type: 'regular',
         connection_mode: 'http',
-        model: model || 'default',
+        model: modelLabel,
         endpoint,
       };
       const usageLabels = { router_type: 'http', backend_type: 'regular', model: labels.model, endpoint };
