@@ -45,6 +45,7 @@ export class Metrics {
   readonly consistentHashingBranch: Counter<'branch'>;
   readonly prefixHashBranch: Counter<'branch'>;
   readonly manualCacheEntries: Gauge;
+  readonly registryInvalidEntries: Gauge;
 
   // issue 3: streamed usage, reliability, admission, runtime
   readonly httpInflightAge: Gauge<'gt' | 'le'>;
@@ -214,6 +215,11 @@ export class Metrics {
       name: 'smg_prefix_hash_policy_branch_total',
       help: 'prefix_hash policy decisions by branch',
       labelNames: ['branch'],
+      registers,
+    });
+    this.registryInvalidEntries = new Gauge({
+      name: 'smg_registry_invalid_entries',
+      help: 'Replicated registry entries left out of the views: they do not parse or fail validation (e.g. a peer’s worker spec this node refuses)',
       registers,
     });
     this.manualCacheEntries = new Gauge({

@@ -18,7 +18,7 @@ import type { UpstreamPools } from '../workers/upstream.js';
 import type { Admission } from './admission/index.js';
 import { controlPlaneHook, isControlPlaneRoute, type Auth } from './auth.js';
 import { registerEngineMetricsRoute } from './engine-metrics.js';
-import { registerAdminRoutes } from './admin-routes.js';
+import { ADMIN_BODY_LIMIT_BYTES, registerAdminRoutes } from './admin-routes.js';
 import { registerMeshRoutes, type MeshRouteDeps } from './mesh-routes.js';
 import { makeErrorHandler } from './error-handler.js';
 import { createInferenceFastPath, recordHttpOutcome, type InflightCounter } from './proxy.js';
@@ -92,7 +92,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     loggerInstance: deps.logger,
     // the onResponse hook writes SMG's one line per request instead
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'request_id' }),
-    bodyLimit: cfg.maxPayloadSize,
+    // fastify serves only control-plane and utility routes (inference takes the fast path)
+    bodyLimit: ADMIN_BODY_LIMIT_BYTES,
     genReqId,
     return503OnClosing: true,
     forceCloseConnections: false,
@@ -104,7 +105,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
 
-  app.setErrorHandler(makeErrorHandler(cfg.maxPayloadSize));
+  app.setErrorHandler(makeErrorHandler(ADMIN_BODY_LIMIT_BYTES));
   app.setNotFoundHandler((req, reply) => {
     const e = errors.notFound(`${req.method} ${req.url.split('?')[0]}`);
     reply

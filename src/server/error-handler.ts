@@ -20,7 +20,8 @@ function toSmgError(err: FastifyError | Error, bodyLimit: number): SmgError {
 
 export function makeErrorHandler(bodyLimit: number) {
   return function errorHandler(err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) {
-    const e = toSmgError(err, bodyLimit);
+    // a route may set its own limit; the message names the one that applied
+    const e = toSmgError(err, request.routeOptions.bodyLimit ?? bodyLimit);
     if (e.status >= 500 && !(err instanceof SmgError)) request.log.error({ err }, 'unhandled error');
     reply.code(e.status);
     reply.header('x-smg-error-code', e.code);
