@@ -8,6 +8,7 @@
  * Progress goes to stderr. Exit code 1 if a benchmark failed (the others still run).
  */
 import { runCacheAwareBench } from './cache-aware.js';
+import { runHostileInputBench } from './hostile-input.js';
 import { log, writeResult, type BenchOptions, type BenchOutcome } from './common.js';
 import { runMeshBench } from './mesh.js';
 import { runMeshRoutingBench } from './mesh-routing.js';
@@ -26,6 +27,7 @@ const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> 
   mesh: runMeshBench,
   'mesh-routing': runMeshRoutingBench,
   'mesh-rate-limit': runMeshRateLimitBench,
+  'hostile-input': runHostileInputBench,
 };
 
 const USAGE = `usage: node dist/bench/run.js [${Object.keys(BENCHMARKS).join('|')} ...] [--quick] [--profile]

@@ -615,6 +615,62 @@ describe('config file', () => {
   it('rejects --config given twice', () => {
     expect(errorOf(['--config', yaml, '--config', json])).toBe('--config: given more than once');
   });
+
+  // parsed in time linear in the file (the yaml package's own duplicate check was O(N²): 40k keys
+  // took 11.5 s); the outcome is asserted here, the time is not
+  it('answers a 40,000-key file with the first unknown key', () => {
+    const lines = Array.from({ length: 40_000 }, (_, i) => `key${i}: ${i}`);
+    const path = file('many.yaml', `port: 1234\n${lines.join('\n')}\n`);
+    expect(errorOf(['--config', path])).toBe(`--config: unknown key "key0" in "${path}"`);
+  });
+
+  it('refuses a file over 1 MiB before parsing it', () => {
+    const line = 'worker-urls: [' + Array.from({ length: 200_000 }, (_, i) => `"h${i}:1"`).join(',') + ']\n';
+    const path = file('huge.yaml', line);
+    expect(line.length).toBeGreaterThan(1024 * 1024);
+    expect(errorOf(['--config', path])).toBe(
+      `--config: "${path}": the file is larger than 1 MiB, the limit for configuration files`,
+    );
+  });
+
+  it('reads no further than the limit (a device that never ends is refused, not read forever)', () => {
+    expect(errorOf(['--config', '/dev/zero'])).toBe(
+      '--config: "/dev/zero": the file is larger than 1 MiB, the limit for configuration files',
+    );
+  });
+
+  it('refuses a duplicate YAML key, naming it and its line', () => {
+    const path = file('dup.yaml', 'port: 1\npolicy: random\nport: 2\n');
+    expect(errorOf(['--config', path])).toBe(
+      `--config: cannot parse "${path}" as YAML: duplicate key "port" (line 3)`,
+    );
+  });
+
+  it('refuses deeply nested values with a message about nesting, not the call stack', () => {
+    const deep = '['.repeat(50_000) + ']'.repeat(50_000);
+    for (const path of [file('deep.yaml', `policy: ${deep}\n`), file('deep.json', `{"policy": ${deep}}`)]) {
+      const message = errorOf(['--config', path]);
+      expect(message).toMatch(/nests more than 32 levels deep$/);
+      expect(message).not.toMatch(/call stack/i);
+    }
+  });
+
+  it('keeps a long or odd value short in messages', () => {
+    const path = file('long.json', JSON.stringify({ policy: 'x'.repeat(10_000) }));
+    const message = errorOf(['--config', path]);
+    expect(message).toMatch(/^--policy: invalid value "x{199}… \(10002 characters\)/);
+  });
+
+  it('treats __proto__ and constructor as ordinary (unknown or alias) keys', () => {
+    const proto = file('proto.json', '{"__proto__": {"port": 1}}');
+    expect(errorOf(['--config', proto])).toBe(`--config: unknown key "__proto__" in "${proto}"`);
+    const aliases = file('aliases.json', '{"model-alias": {"constructor": "m1", "__proto__": "m2"}}');
+    const c = parse(['--config', aliases]);
+    expect(Object.entries(c.modelAliases)).toEqual([
+      ['constructor', 'm1'],
+      ['__proto__', 'm2'],
+    ]);
+  });
 });
 
 describe('environment', () => {
@@ -643,6 +699,50 @@ describe('environment', () => {
   it('names the variable in errors', () => {
     expect(errorOf([], { SMG_PORT: 'x' })).toBe(
       '--port: must be an integer between 1 and 65535, got "x" (from SMG_PORT)',
+    );
+  });
+});
+
+/** every flag whose value reaches a timer (setTimeout, setInterval, undici or AbortSignal timeouts) */
+const TIMER_FLAGS: [string, number][] = [
+  ['request-timeout-secs', 1],
+  ['shutdown-grace-period-secs', 0],
+  ['eviction-interval', 1],
+  ['max-idle-secs', 1],
+  ['load-monitor-interval', 1],
+  ['health-check-timeout-secs', 1],
+  ['health-check-interval-secs', 1],
+  ['drain-settle-secs', 0],
+  ['cb-timeout-duration-secs', 1],
+  ['cb-window-duration-secs', 1],
+  ['queue-timeout-secs', 1],
+];
+
+describe('durations that reach a timer', () => {
+  // Node replaces a delay above 2^31-1 ms with 1 ms: 3000000 s became a 1 ms probe loop
+  it.each(TIMER_FLAGS)('--%s refuses what a timer cannot wait, naming the limit', (flag, min) => {
+    expect(errorOf([`--${flag}`, '3000000'])).toBe(
+      `--${flag}: must be an integer between ${min} and 2073600 (24 days, the longest a timer can wait), got 3000000`,
+    );
+    expect(() => parse([`--${flag}`, '2073600'])).not.toThrow();
+  });
+
+  it('retry backoffs are at most an hour', () => {
+    for (const flag of ['retry-initial-backoff-ms', 'retry-max-backoff-ms']) {
+      expect(errorOf([`--${flag}`, '3600001'])).toBe(
+        `--${flag}: must be an integer between 0 and 3600000 (one hour), got 3600001`,
+      );
+    }
+    expect(
+      parse(['--retry-initial-backoff-ms', '3600000', '--retry-max-backoff-ms', '3600000']).retry
+        .maxBackoffMs,
+    ).toBe(3_600_000);
+  });
+
+  it('the same limits hold in a config file', () => {
+    const path = file('timers.yaml', 'health_check_interval_secs: 3000000\n');
+    expect(errorOf(['--config', path])).toBe(
+      `--health-check-interval-secs: must be an integer between 1 and 2073600 (24 days, the longest a timer can wait), got 3000000 (in config file "${path}")`,
     );
   });
 });
@@ -686,10 +786,14 @@ describe('errors', () => {
     expect(errorOf(['--health-failure-threshold', '0'])).toBe(
       '--health-failure-threshold: must be a positive integer, got 0',
     );
-    expect(errorOf(['--health-check-interval-secs', '0'])).toMatch(/must be a positive integer/);
-    expect(errorOf(['--health-check-timeout-secs', '-1'])).toMatch(/must be a positive integer/);
+    expect(errorOf(['--health-check-interval-secs', '0'])).toMatch(
+      /must be an integer between 1 and 2073600/,
+    );
+    expect(errorOf(['--health-check-timeout-secs', '-1'])).toMatch(
+      /must be an integer between 1 and 2073600/,
+    );
     expect(errorOf(['--drain-settle-secs', '-1'])).toBe(
-      '--drain-settle-secs: must be a non-negative integer, got -1',
+      '--drain-settle-secs: must be an integer between 0 and 2073600 (24 days, the longest a timer can wait), got -1',
     );
     expect(errorOf(['--least-load-default-throughput', '0'])).toMatch(/must be a positive number/);
     expect(errorOf(['--prefix-hash-load-factor', '0.5'])).toMatch(/must be a number >= 1/);

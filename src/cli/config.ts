@@ -8,16 +8,21 @@
  * line. This module owns parsing and validation only: it never opens sockets, never logs and never
  * exits the process; every problem is a thrown {@link ConfigError}.
  */
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { getHeapStatistics } from 'node:v8';
 import { extname, join } from 'node:path';
-import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
 import { POLICY_NAMES } from '../routing/types.js';
 import type { PolicyName } from '../routing/types.js';
+import { ConfigFileError, parseConfigSource, readConfigSource } from '../protocols/config-file.js';
+import {
+  MAX_BACKOFF_MS,
+  MAX_BACKOFF_NOTE,
+  MAX_DURATION_NOTE,
+  MAX_DURATION_SECS,
+} from '../protocols/durations.js';
 import { checkWorkerUrl } from '../protocols/worker-spec.js';
 import {
   loadPrioritySchedulerConfig,
@@ -149,12 +154,19 @@ interface IssueInput {
 /** how a value is quoted in messages: strings JSON-quoted, everything else as JSON */
 function show(value: unknown): string {
   if (value === undefined) return 'nothing';
+  let text: string;
   try {
-    return JSON.stringify(value) ?? String(value);
+    text = JSON.stringify(value) ?? String(value);
   } catch {
-    return String(value);
+    text = Array.isArray(value) ? 'a list' : typeof value === 'object' ? 'a mapping' : typeof value;
   }
+  // a value pasted by mistake (a whole file, a huge list) must not flood the message
+  return text.length > SHOW_MAX_CHARS
+    ? `${text.slice(0, SHOW_MAX_CHARS)}… (${text.length} characters)`
+    : text;
 }
+
+const SHOW_MAX_CHARS = 200;
 
 const NUMBER_RE = /^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$/;
 
@@ -175,10 +187,10 @@ function toList(v: unknown): unknown {
   return typeof v === 'string' || typeof v === 'number' ? [v] : v;
 }
 
-function int(min: number, max?: number) {
+function int(min: number, max?: number, note?: string) {
   const expect =
     max !== undefined
-      ? `an integer between ${min} and ${max}`
+      ? `an integer between ${min} and ${max}${note === undefined ? '' : ` (${note})`}`
       : min === 0
         ? 'a non-negative integer'
         : min === 1
@@ -218,6 +230,11 @@ function num(bounds: { min?: number; max?: number; gt?: number }) {
 
 const port = () => int(1, 65535);
 
+/** a duration that reaches a timer, in seconds: bounded by what a timer can wait */
+const secs = (min: number) => int(min, MAX_DURATION_SECS, MAX_DURATION_NOTE);
+/** a retry backoff in milliseconds */
+const backoffMs = () => int(0, MAX_BACKOFF_MS, MAX_BACKOFF_NOTE);
+
 function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
   return z.enum(values, {
     error: (iss) => `invalid value ${show(iss.input)}; allowed: ${values.join(', ')}`,
@@ -248,25 +265,27 @@ const workerUrls = z.preprocess(
       error: (iss) => `must be a list of URLs, got ${show(iss.input)}`,
     })
     .transform((items, ctx) => {
-      const out: string[] = [];
+      // a Set, not a list scan: a file may list thousands of workers
+      const out = new Set<string>();
       for (const item of items.flatMap((s) => s.split(','))) {
         if (item.trim() === '') continue;
         const r = checkWorkerUrl(item);
         if (!r.ok) {
           ctx.addIssue({ code: 'custom', message: r.reason, input: item });
-        } else if (out.includes(r.url)) {
+        } else if (out.has(r.url)) {
           ctx.addIssue({ code: 'custom', message: `duplicate worker URL ${r.url}`, input: item });
         } else {
-          out.push(r.url);
+          out.add(r.url);
         }
       }
-      return out;
+      return [...out];
     }),
 );
 
 /** `alias=canonical` entries (argv, env, list in a file) or a mapping (file) → alias map */
 const modelAliases = z.unknown().transform((value, ctx) => {
-  const out: Record<string, string> = {};
+  // no prototype: an alias named `constructor` or `__proto__` is an ordinary key
+  const out: Record<string, string> = Object.create(null) as Record<string, string>;
   const fail = (message: string) => ctx.addIssue({ code: 'custom', message, input: value });
   const add = (alias: string, canonical: string, shown: string) => {
     if (alias === '' || canonical === '')
@@ -352,6 +371,7 @@ const tenantApiKeys = z.preprocess(
     })
     .transform((items, ctx) => {
       const out: { tenant: string; key: string }[] = [];
+      const tenants = new Set<string>();
       for (const [i, item] of items.entries()) {
         const colon = item.indexOf(':');
         const tenant = colon < 0 ? '' : item.slice(0, colon).trim();
@@ -362,9 +382,10 @@ const tenantApiKeys = z.preprocess(
             message: `entry ${i + 1} is malformed; expected tenant:key`,
             input: '',
           });
-        } else if (out.some((e) => e.tenant === tenant)) {
+        } else if (tenants.has(tenant)) {
           ctx.addIssue({ code: 'custom', message: `tenant ${show(tenant)} is given twice`, input: '' });
         } else {
+          tenants.add(tenant);
           out.push({ tenant, key });
         }
       }
@@ -381,6 +402,7 @@ const controlPlaneKeys = z.preprocess(
     })
     .transform((items, ctx) => {
       const out: { id: string; name: string; role: 'admin' | 'user'; key: string }[] = [];
+      const ids = new Set<string>();
       for (const [i, item] of items.entries()) {
         const parts = item.split(':');
         const [id = '', name = '', role = ''] = parts.map((p) => p.trim());
@@ -397,9 +419,10 @@ const controlPlaneKeys = z.preprocess(
             message: `entry ${i + 1} (id ${show(id)}) has role ${show(role)}; allowed: ${CONTROL_PLANE_ROLES.join(', ')}`,
             input: '',
           });
-        } else if (out.some((e) => e.id === id)) {
+        } else if (ids.has(id)) {
           ctx.addIssue({ code: 'custom', message: `key id ${show(id)} is given twice`, input: '' });
         } else {
+          ids.add(id);
           out.push({ id, name, role: role as 'admin' | 'user', key });
         }
       }
@@ -441,11 +464,12 @@ const HEADER_NAME_SINGLE = z
 function readableFile() {
   return text().superRefine((path, ctx) => {
     try {
-      readFileSync(path);
+      readConfigSource(path);
     } catch (err) {
+      const tooLarge = err instanceof ConfigFileError && err.problem === 'too_large';
       ctx.addIssue({
         code: 'custom',
-        message: `cannot read ${show(path)}: ${(err as Error).message}`,
+        message: `${tooLarge ? '' : 'cannot read '}${show(path)}: ${(err as Error).message}`,
         input: path,
       });
     }
@@ -538,8 +562,8 @@ const LAUNCH_SHAPE = {
   'max-buffered-request-bytes': int(1024).default(D['max-buffered-request-bytes']),
   'keep-alive-timeout-secs': int(1, 3600).default(D['keep-alive-timeout-secs']),
   'headers-timeout-secs': int(1, 600).default(D['headers-timeout-secs']),
-  'request-timeout-secs': int(1).default(D['request-timeout-secs']),
-  'shutdown-grace-period-secs': int(0).default(D['shutdown-grace-period-secs']),
+  'request-timeout-secs': secs(1).default(D['request-timeout-secs']),
+  'shutdown-grace-period-secs': secs(0).default(D['shutdown-grace-period-secs']),
   'cors-allowed-origins': textList().default(D['cors-allowed-origins']),
   // §1.2 routing
   policy: oneOf(POLICY_NAMES).default(D.policy),
@@ -548,10 +572,10 @@ const LAUNCH_SHAPE = {
   'balance-rel-threshold': num({ min: 0 }).default(D['balance-rel-threshold']),
   'balance-token-usage-threshold': num({ min: 0, max: 1 }).default(D['balance-token-usage-threshold']),
   'overload-token-usage-threshold': num({ min: 0, max: 1 }).default(D['overload-token-usage-threshold']),
-  'eviction-interval': int(1).default(D['eviction-interval']),
+  'eviction-interval': secs(1).default(D['eviction-interval']),
   'max-tree-size': int(1).default(D['max-tree-size']),
   'block-size': int(1).default(D['block-size']),
-  'max-idle-secs': int(1).default(D['max-idle-secs']),
+  'max-idle-secs': secs(1).default(D['max-idle-secs']),
   'assignment-mode': oneOf(ASSIGNMENT_MODES).default(D['assignment-mode']),
   'prefix-token-count': int(1).default(D['prefix-token-count']),
   'prefix-hash-load-factor': num({ min: 1 }).default(D['prefix-hash-load-factor']),
@@ -563,19 +587,19 @@ const LAUNCH_SHAPE = {
   'model-alias': modelAliases.default(D['model-alias']),
   'prefix-block-chars': int(8, 4096).default(D['prefix-block-chars']),
   // §1.4 load monitoring
-  'load-monitor-interval': int(1).default(D['load-monitor-interval']),
+  'load-monitor-interval': secs(1).default(D['load-monitor-interval']),
   // §1.7 health
   'health-failure-threshold': int(1).default(D['health-failure-threshold']),
   'health-success-threshold': int(1).default(D['health-success-threshold']),
-  'health-check-timeout-secs': int(1).default(D['health-check-timeout-secs']),
-  'health-check-interval-secs': int(1).default(D['health-check-interval-secs']),
+  'health-check-timeout-secs': secs(1).default(D['health-check-timeout-secs']),
+  'health-check-interval-secs': secs(1).default(D['health-check-interval-secs']),
   'health-check-endpoint': z
     .string({ error: (iss) => `must be a path starting with "/", got ${show(iss.input)}` })
     .startsWith('/', { error: (iss) => `must start with "/", got ${show(iss.input)}` })
     .default(D['health-check-endpoint']),
   'disable-health-check': bool().default(D['disable-health-check']),
   'remove-unhealthy-workers': bool().default(D['remove-unhealthy-workers']),
-  'drain-settle-secs': int(0).default(D['drain-settle-secs']),
+  'drain-settle-secs': secs(0).default(D['drain-settle-secs']),
   // §1.10 observability
   'log-dir': text().optional(),
   'log-level': oneOf(LOG_LEVELS).default(D['log-level']),
@@ -588,8 +612,8 @@ const LAUNCH_SHAPE = {
   'otlp-traces-endpoint': otlpEndpoint.default(D['otlp-traces-endpoint']),
   // §1.7 reliability
   'retry-max-retries': int(0, 100).default(D['retry-max-retries']),
-  'retry-initial-backoff-ms': int(0).default(D['retry-initial-backoff-ms']),
-  'retry-max-backoff-ms': int(0).default(D['retry-max-backoff-ms']),
+  'retry-initial-backoff-ms': backoffMs().default(D['retry-initial-backoff-ms']),
+  'retry-max-backoff-ms': backoffMs().default(D['retry-max-backoff-ms']),
   'retry-backoff-multiplier': num({ min: 1 }).default(D['retry-backoff-multiplier']),
   'retry-jitter-factor': num({ min: 0, max: 1 }).default(D['retry-jitter-factor']),
   'disable-retries': bool().default(D['disable-retries']),
@@ -598,14 +622,14 @@ const LAUNCH_SHAPE = {
   'retry-budget-min-per-sec': num({ min: 0 }).default(D['retry-budget-min-per-sec']),
   'cb-failure-threshold': int(1).default(D['cb-failure-threshold']),
   'cb-success-threshold': int(1).default(D['cb-success-threshold']),
-  'cb-timeout-duration-secs': int(1).default(D['cb-timeout-duration-secs']),
-  'cb-window-duration-secs': int(1).default(D['cb-window-duration-secs']),
+  'cb-timeout-duration-secs': secs(1).default(D['cb-timeout-duration-secs']),
+  'cb-window-duration-secs': secs(1).default(D['cb-window-duration-secs']),
   'disable-circuit-breaker': bool().default(D['disable-circuit-breaker']),
   // §1.8 admission
   'max-concurrent-requests': int(-1).default(D['max-concurrent-requests']),
   'rate-limit-tokens-per-second': num({ gt: 0 }).optional(),
   'queue-size': int(0).default(D['queue-size']),
-  'queue-timeout-secs': int(1).default(D['queue-timeout-secs']),
+  'queue-timeout-secs': secs(1).default(D['queue-timeout-secs']),
   'priority-scheduler-enabled': bool().default(D['priority-scheduler-enabled']),
   'priority-scheduler-default-max-class': oneOf(PRIORITY_CLASSES).default(
     D['priority-scheduler-default-max-class'],
@@ -1374,27 +1398,29 @@ function readEnv(env: NodeJS.ProcessEnv): Map<LaunchKey, RawValue> {
 export function loadConfigFile(path: string): Map<LaunchKey, unknown> {
   let source: string;
   try {
-    source = readFileSync(path, 'utf8');
+    source = readConfigSource(path);
   } catch (err) {
+    if (err instanceof ConfigFileError && err.problem === 'too_large')
+      throw new ConfigError(`--config: ${show(path)}: ${err.message}`);
     throw new ConfigError(`--config: cannot read ${show(path)}: ${(err as Error).message}`);
   }
   const ext = extname(path).toLowerCase();
   let doc: unknown;
-  const asJson = () => JSON.parse(source) as unknown;
-  const asYaml = () => parseYaml(source) as unknown;
+  let format: 'json' | 'yaml' = ext === '.json' ? 'json' : 'yaml';
   try {
-    if (ext === '.json') doc = asJson();
-    else if (ext === '.yaml' || ext === '.yml') doc = asYaml();
+    if (ext === '.json' || ext === '.yaml' || ext === '.yml') doc = parseConfigSource(source, format);
     else {
       try {
-        doc = asJson();
+        doc = parseConfigSource(source, 'json');
+        format = 'json';
       } catch {
-        doc = asYaml();
+        doc = parseConfigSource(source, 'yaml');
       }
     }
   } catch (err) {
-    const format = ext === '.json' ? 'JSON' : 'YAML';
-    throw new ConfigError(`--config: cannot parse ${show(path)} as ${format}: ${(err as Error).message}`);
+    throw new ConfigError(
+      `--config: cannot parse ${show(path)} as ${format.toUpperCase()}: ${(err as Error).message}`,
+    );
   }
   if (doc === null || doc === undefined) return new Map();
   if (typeof doc !== 'object' || Array.isArray(doc)) {

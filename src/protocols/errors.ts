@@ -27,6 +27,8 @@ export function errorEnvelope(status: number, code: string, message: string): Er
 }
 
 export const errors = {
+  /** an unexpected failure: the message is generic on purpose, the details go to the log */
+  internal: () => new SmgError(500, 'internal_error', 'Internal server error'),
   invalidJson: (detail: string) => new SmgError(400, 'invalid_request_body', `Invalid JSON body: ${detail}`),
   invalidRequest: (message: string) => new SmgError(400, 'invalid_request', message),
   unsupportedMediaType: (ct: string) =>

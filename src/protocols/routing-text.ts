@@ -28,11 +28,19 @@ function contentText(content: Json, out: Pieces): void {
   }
 }
 
-function joinInputs(input: Json, out: Pieces): void {
+/**
+ * Prompts are a string, a list of strings, token ids or a list of token-id lists: two levels of
+ * lists at most. Deeper lists contribute nothing, so no input can exhaust the stack here.
+ */
+const MAX_INPUT_NESTING = 2;
+
+function joinInputs(input: Json, out: Pieces, depth = 0): void {
   if (typeof input === 'string') out.push(input);
-  else if (Array.isArray(input)) {
-    if (input.length > 0 && typeof input[0] === 'number') out.push(input.join(' '));
-    else for (const x of input) joinInputs(x, out);
+  else if (Array.isArray(input) && depth < MAX_INPUT_NESTING) {
+    if (input.length > 0 && typeof input[0] === 'number') {
+      // join() would stringify a nested list recursively: token ids only
+      if (input.every((t) => typeof t === 'number')) out.push(input.join(' '));
+    } else for (const x of input) joinInputs(x, out, depth + 1);
   }
 }
 

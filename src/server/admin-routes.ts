@@ -13,6 +13,14 @@ import type { WorkerManager } from '../workers/manager.js';
 import { splitWorkerUrl, type UpstreamPools } from '../workers/upstream.js';
 import { workerInfo } from './worker-info.js';
 
+/**
+ * The largest body fastify reads (every fastify route is control plane or utility; inference
+ * bodies take the fast path and its --max-payload-size). A WorkerSpec is at most 32 KiB once
+ * normalised; 1 MiB leaves room for model cards with metadata, and the control plane never
+ * buffers 512 MiB for a caller.
+ */
+export const ADMIN_BODY_LIMIT_BYTES = 1024 * 1024;
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const FANOUT_TIMEOUT_MS = 10_000;
 
@@ -70,7 +78,10 @@ export function registerAdminRoutes(
   });
 
   app.get('/workers', async (req) => {
-    const model = (req.query as { model?: string }).model;
+    const model = (req.query as { model?: unknown }).model;
+    // `?model=a&model=b` parses to a list: one model or none
+    if (model !== undefined && typeof model !== 'string')
+      throw errors.invalidWorker('query parameter "model" must be given once');
     const list = model ? replica.registry.forModel(model) : replica.registry.list();
     const stats = { prefill_count: 0, decode_count: 0, regular_count: 0 };
     for (const w of list) {

@@ -18,7 +18,7 @@ import type { UpstreamPools } from '../workers/upstream.js';
 import type { Admission } from './admission/index.js';
 import { controlPlaneHook, isControlPlaneRoute, type Auth } from './auth.js';
 import { registerEngineMetricsRoute } from './engine-metrics.js';
-import { registerAdminRoutes } from './admin-routes.js';
+import { ADMIN_BODY_LIMIT_BYTES, registerAdminRoutes } from './admin-routes.js';
 import { registerMeshRoutes, type MeshRouteDeps } from './mesh-routes.js';
 import { makeErrorHandler } from './error-handler.js';
 import { readBody, RequestBytesBudget, type BodyFailure } from './body-reader.js';
@@ -84,6 +84,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   const bodyBudget = new RequestBytesBudget(cfg.maxBufferedRequestBytes);
   const bodyLimit = Math.min(cfg.maxPayloadSize, cfg.maxBufferedRequestBytes);
   const bodyLimits = { limit: bodyLimit, timeoutMs: cfg.bodyReadTimeoutSecs * 1000, budget: bodyBudget };
+  const adminLimits = { ...bodyLimits, limit: Math.min(ADMIN_BODY_LIMIT_BYTES, bodyLimit) };
   const fastPath = createInferenceFastPath({
     inflight: deps.inflight,
     replica: deps.replica,
@@ -143,7 +144,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     loggerInstance: deps.logger,
     // the onResponse hook writes SMG's one line per request instead
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'request_id' }),
-    bodyLimit,
+    // fastify serves only control-plane and utility routes (inference takes the fast path)
+    bodyLimit: adminLimits.limit,
     genReqId,
     return503OnClosing: true,
     forceCloseConnections: false,
@@ -153,14 +155,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   // keep every body as the original bytes, read under the same size, time and memory bounds as
   // the fast path's
   const bodyFailures: Record<BodyFailure, () => SmgError> = {
-    too_large: () => errors.payloadTooLarge(bodyLimit, { connection: 'close' }),
+    too_large: () => errors.payloadTooLarge(adminLimits.limit, { connection: 'close' }),
     timeout: () => errors.bodyReadTimeout(cfg.bodyReadTimeoutSecs, { connection: 'close' }),
     over_budget: () => errors.requestBufferFull(bodyBudget.cap, { connection: 'close' }),
     aborted: () => errors.clientClosed(),
   };
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (request, _payload, done) => {
-    const read = readBody(request.raw, bodyLimits, (failure, raw) => {
+    const read = readBody(request.raw, adminLimits, (failure, raw) => {
       if (failure) done(bodyFailures[failure](), undefined);
       else done(null, raw?.bytes());
     });
@@ -169,7 +171,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     else read.release();
   });
 
-  app.setErrorHandler(makeErrorHandler(bodyLimit));
+  app.setErrorHandler(makeErrorHandler(adminLimits.limit));
   app.setNotFoundHandler((req, reply) => {
     const e = errors.notFound(`${req.method} ${req.url.split('?')[0]}`);
     reply

@@ -262,7 +262,12 @@ export class Forwarding implements InflightEntry {
     try {
       sel = d.selection.select(r.routing, r.req.headers, this.tried);
     } catch (err) {
-      this.sendError(err instanceof SmgError ? err : new SmgError(500, 'internal_error', String(err)));
+      if (err instanceof SmgError) this.sendError(err);
+      else {
+        // the details are for the log only: no internal text ever reaches a client
+        d.logger.error({ err, request_id: r.requestId }, 'worker selection failed');
+        this.sendError(errors.internal());
+      }
       this.finish();
       return;
     }

@@ -12,7 +12,7 @@ import { createLogger, type Logger } from '../observability/logger.js';
 import { Metrics, SMG_DURATION_BUCKETS, startMetricsServer } from '../observability/metrics.js';
 import { refreshEngineGauges, startRuntimeMetrics } from '../observability/runtime.js';
 import { Tracing } from '../observability/tracing.js';
-import { parseWorkerSpec } from '../protocols/worker-spec.js';
+import { checkStoredWorkerSpec, parseWorkerSpec } from '../protocols/worker-spec.js';
 import { CacheRecorder } from '../routing/cache-recorder.js';
 import { PolicyRegistry } from '../routing/registry.js';
 import type { PolicyName, RoutingContext } from '../routing/types.js';
@@ -99,6 +99,8 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
   const metrics = new Metrics(cfg.prometheusDurationBuckets ?? SMG_DURATION_BUCKETS);
   const replica = new Replica({
     nodeId,
+    // specs from peers and from disk pass the same schema as the admin API's
+    workerSpecCheck: checkStoredWorkerSpec,
     cacheBlocksPerWorker: Math.max(1, Math.floor(cfg.policyParams.maxTreeSize / cfg.prefixBlockChars)),
     ...(state && { registryDoc: state.doc, hlcHighWater: state.hlcHighWater }),
   });
@@ -158,6 +160,20 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     },
   });
   const selection = new WorkerSelection(replica, policies, cfg);
+  // a worker spec a peer (or an older version, on disk) wrote that this node refuses is left
+  // out; say so at start and whenever more are
+  let invalidEntries = replica.doc.invalidEntries();
+  if (invalidEntries > 0)
+    logger.warn(
+      { invalid_entries: invalidEntries },
+      'registry entries left out: they fail validation on this node',
+    );
+  replica.onRegistryDiff(() => {
+    const now = replica.doc.invalidEntries();
+    if (now > invalidEntries)
+      logger.warn({ invalid_entries: now }, 'registry entries left out: they fail validation on this node');
+    invalidEntries = now;
+  });
   const manager = new WorkerManager({
     replica,
     pools,
@@ -240,6 +256,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     }
     metrics.workerConnections.set({ worker_type: 'regular', connection_mode: 'http' }, pools.connections());
     metrics.manualCacheEntries.set(policies.manualEntries());
+    metrics.registryInvalidEntries.set(replica.doc.invalidEntries());
     refreshEngineGauges(metrics, replica);
     admission?.refreshGauges();
     breakers.refreshGauges();
@@ -260,7 +277,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     await app.listen({ host: cfg.host, port: cfg.port });
     closers.push(() => closeApp(app, inflight, Math.max(0, graceMs - settleMsFor(cfg))));
     if (opts.prometheus !== false) {
-      const ms = await startMetricsServer(metrics, cfg.prometheusHost, cfg.prometheusPort);
+      const ms = await startMetricsServer(metrics, cfg.prometheusHost, cfg.prometheusPort, logger);
       const a = listenAddress(ms);
       metricsUrl = `http://${hostForUrl(a.host)}:${a.port}`;
       closers.push(() => new Promise<void>((r) => ms.close(() => r())));

@@ -30,7 +30,8 @@ export interface MeshRouteDeps {
   storeHealthy: () => boolean;
 }
 
-const CONFIG_KEY = /^[A-Za-z0-9._:/-]{1,128}$/;
+/** config keys and policy model ids; `__proto__` is refused (Automerge forbids it as a map key) */
+const CONFIG_KEY = /^(?!__proto__$)[A-Za-z0-9._:/-]{1,128}$/;
 const MAX_CONFIG_VALUE_BYTES = 64 * 1024;
 
 const meshDisabled = () =>
@@ -189,7 +190,7 @@ export function registerMeshRoutes(app: FastifyInstance, deps: MeshRouteDeps): v
     const body = jsonBody(req);
     const { key, value } = body;
     if (typeof key !== 'string' || !CONFIG_KEY.test(key))
-      throw badRequest('"key" must be 1-128 characters of A-Z a-z 0-9 . _ : / -');
+      throw badRequest('"key" must be 1-128 characters of A-Z a-z 0-9 . _ : / - (and not __proto__)');
     if (typeof value !== 'string' || value.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(value))
       throw badRequest('"value" must be an even-length hex string');
     if (value.length / 2 > MAX_CONFIG_VALUE_BYTES)

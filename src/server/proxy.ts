@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.js';
 import type { Tracing } from '../observability/tracing.js';
 import { errors, SmgError } from '../protocols/errors.js';
+import { jsonDepth, MAX_BODY_DEPTH } from '../protocols/json-depth.js';
 import { RoutingInput, type Endpoint } from '../protocols/routing-text.js';
 import type { WorkerView } from '../state/registry.js';
 import type { Admission, AdmissionTicket } from './admission/index.js';
@@ -32,7 +33,8 @@ import { ENDPOINT_BY_PATH } from './request-id.js';
 
 export { responseHeaders, upstreamRequestHeaders, type InflightCounter } from './forward.js';
 
-function parseBody(raw: RequestBody): Record<string, unknown> {
+/** an inference body: a JSON object, nested no deeper than SMG accepts (else 400) */
+export function parseInferenceBody(raw: RequestBody): Record<string, unknown> {
   if (raw.length === 0) throw errors.invalidJson('request body is empty');
   let parsed: unknown;
   try {
@@ -42,6 +44,10 @@ function parseBody(raw: RequestBody): Record<string, unknown> {
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     throw errors.invalidJson('expected a JSON object');
+  }
+  // JSON.parse takes any depth; the code that reads the body afterwards must not have to
+  if (jsonDepth(parsed, MAX_BODY_DEPTH) > MAX_BODY_DEPTH) {
+    throw errors.invalidJson(`the body nests more than ${MAX_BODY_DEPTH} levels deep`);
   }
   return parsed as Record<string, unknown>;
 }
@@ -152,14 +158,16 @@ export function createInferenceFastPath(
     worker: WorkerView,
     policy: string,
   ): RouterChildren {
-    const key = `${model}\u0000${endpoint}\u0000${worker.spec.worker_type}\u0000${policy}`;
+    // keyed by the bounded label, not the client's model string, so this map stays small too
+    const modelLabel = deps.selection.modelLabel(model);
+    const key = `${modelLabel}\u0000${endpoint}\u0000${worker.spec.worker_type}\u0000${policy}`;
     let c = routerChildren.get(key);
     if (!c) {
       const labels = {
         router_type: 'http',
         backend_type: 'regular',
         connection_mode: 'http',
-        model: model || 'default',
+        model: modelLabel,
         endpoint,
       };
       const usageLabels = { router_type: 'http', backend_type: 'regular', model: labels.model, endpoint };
@@ -295,7 +303,7 @@ export function createInferenceFastPath(
           return;
         }
         try {
-          const routing = new RoutingInput(endpoint, parseBody(raw), () => parseBody(raw));
+          const routing = new RoutingInput(endpoint, parseInferenceBody(raw), () => parseInferenceBody(raw));
           const model = deps.selection.resolveModel(routing.model);
           const refused = ticket?.start(model, Math.ceil(raw.length / 4));
           if (refused) throw refused;

@@ -170,6 +170,8 @@ export class RegistryDoc {
   private removedIds: ReadonlySet<string> = new Set();
   private invalid = 0;
   private viewHeads = '';
+  /** what a stored worker spec must pass to enter the views (see `setSpecCheck`) */
+  private specCheck: WorkerSpecCheck = hasSpecShape;
 
   private constructor(doc: Doc, opts: RegistryDocOptions) {
     this.doc = doc;
@@ -230,18 +232,32 @@ export class RegistryDoc {
     return Automerge.getActorId(this.doc);
   }
 
+  /**
+   * Installs the full WorkerSpec validation (src/protocols, which this module must not import)
+   * and re-reads every stored spec with it: a spec written by a peer that this node's API would
+   * refuse is left out of the views and counted in `invalidEntries`, like an unparsable one. Call
+   * it before anything reads the views; local writes are checked with it too.
+   */
+  setSpecCheck(check: WorkerSpecCheck): void {
+    this.specCheck = check;
+    this.rawWorkers = new Map();
+    this.workerView = new Map();
+    this.viewHeads = '';
+    this.refresh();
+  }
+
   // ---- local writes: each returns the new change bytes for the store and the outbox ----
 
   upsertWorker(id: string, spec: WorkerSpec): Uint8Array[] {
     checkKey('worker id', id);
-    if (this.removedIds.has(id) || this.doc.removed[id] === true) {
+    if (this.removedIds.has(id) || (Object.hasOwn(this.doc.removed, id) && this.doc.removed[id] === true)) {
       throw new RegistryDocError('worker_removed', `worker ${id} was removed; register it under a new id`);
     }
     const text = JSON.stringify(spec);
     // what the views would skip on every peer must not enter the replicated history
-    if (!parseSpec(text))
-      throw new RegistryDocError('invalid_argument', 'worker spec needs a url and a models list');
-    if (this.doc.workers[id]?.toString() === text) return [];
+    if (!parseSpec(text, this.specCheck))
+      throw new RegistryDocError('invalid_argument', 'worker spec does not pass validation');
+    if (ownScalar(this.doc.workers, id) === text) return [];
     return this.write((d) => {
       d.workers[id] = new Automerge.ImmutableString(text);
     });
@@ -249,11 +265,11 @@ export class RegistryDoc {
 
   removeWorker(id: string): Uint8Array[] {
     checkKey('worker id', id);
-    if (this.doc.removed[id] === true) return [];
+    if (Object.hasOwn(this.doc.removed, id) && this.doc.removed[id] === true) return [];
     return this.write((d) => {
       d.removed[id] = true;
       // the tombstone decides; dropping the spec only keeps the snapshot's live state small
-      if (d.workers[id] !== undefined) delete d.workers[id];
+      if (Object.hasOwn(d.workers, id)) delete d.workers[id];
     });
   }
 
@@ -275,7 +291,7 @@ export class RegistryDoc {
     checkKey('config key', key);
     if (typeof value !== 'string')
       throw new RegistryDocError('invalid_argument', 'config value must be a string');
-    if (this.doc.config[key]?.toString() === value) return [];
+    if (ownScalar(this.doc.config, key) === value) return [];
     return this.write((d) => {
       d.config[key] = new Automerge.ImmutableString(value);
     });
@@ -283,7 +299,7 @@ export class RegistryDoc {
 
   deleteConfig(key: string): Uint8Array[] {
     checkKey('config key', key);
-    if (this.doc.config[key] === undefined) return [];
+    if (!Object.hasOwn(this.doc.config, key)) return [];
     return this.write((d) => {
       delete d.config[key];
     });
@@ -398,7 +414,10 @@ export class RegistryDoc {
     return this.configView;
   }
 
-  /** entries skipped because their stored value does not parse (written by a foreign or newer peer) */
+  /**
+   * Entries skipped because their stored value does not parse or fails the spec check (written by a
+   * foreign, newer or older peer); listeners are told whenever this count changes.
+   */
   invalidEntries(): number {
     return this.invalid;
   }
@@ -455,7 +474,11 @@ export class RegistryDoc {
       const text = scalarText(v);
       const prevText = this.rawWorkers.get(id);
       const spec =
-        text === undefined ? undefined : prevText === text ? this.workerView.get(id) : parseSpec(text);
+        text === undefined
+          ? undefined
+          : prevText === text
+            ? this.workerView.get(id)
+            : parseSpec(text, this.specCheck);
       if (!spec || text === undefined) {
         invalid++;
         continue;
@@ -504,6 +527,8 @@ export class RegistryDoc {
     this.rawWorkers = rawWorkers;
     this.workerView = workerView;
     this.removedIds = removedIds;
+    // a new entry left out changes no view, but listeners still hear of it (to count and report it)
+    const invalidChanged = invalid !== this.invalid;
     this.invalid = invalid;
     if (policiesChanged) {
       this.rawPolicies = rawPolicies;
@@ -514,7 +539,7 @@ export class RegistryDoc {
       this.configView = new Map(rawConfig);
     }
 
-    if (upserted.length > 0 || removed.length > 0 || policiesChanged || configChanged) {
+    if (upserted.length > 0 || removed.length > 0 || policiesChanged || configChanged || invalidChanged) {
       upserted.sort();
       removed.sort();
       for (const l of [...this.listeners]) l({ upserted, removed, policiesChanged, configChanged });
@@ -536,6 +561,13 @@ function checkKey(what: string, key: string): void {
   if (typeof key !== 'string' || key.length === 0) {
     throw new RegistryDocError('invalid_argument', `${what} must be a non-empty string`);
   }
+  // Automerge refuses it as a map key (and a plain object would take it for its prototype)
+  if (key === '__proto__') throw new RegistryDocError('invalid_argument', `${what} may not be "__proto__"`);
+}
+
+/** the scalar text stored under `key` in a document map, never an inherited Object member */
+function ownScalar(map: Record<string, unknown>, key: string): string | undefined {
+  return Object.hasOwn(map, key) ? scalarText(map[key]) : undefined;
 }
 
 /** parses every change before any reaches Automerge, so a bad batch is refused as a whole */
@@ -608,11 +640,25 @@ function scalarText(v: unknown): string | undefined {
   return undefined;
 }
 
-function parseSpec(text: string): WorkerSpec | undefined {
-  const v = parseJson(text);
+/**
+ * Checks a parsed worker spec and returns the spec the views hold (the same object or a normalised
+ * copy), or undefined to leave it out. Must not throw.
+ */
+export type WorkerSpecCheck = (spec: unknown) => WorkerSpec | undefined;
+
+/** the check used until `setSpecCheck`: the shape the registry's views rely on */
+function hasSpecShape(v: unknown): WorkerSpec | undefined {
   if (!isRecord(v) || typeof v.url !== 'string' || !Array.isArray(v.models)) return undefined;
   if (!v.models.every((m) => typeof m === 'string')) return undefined;
-  return deepFreeze(v) as unknown as WorkerSpec;
+  return v as unknown as WorkerSpec;
+}
+
+function parseSpec(text: string, check: WorkerSpecCheck): WorkerSpec | undefined {
+  const v = parseJson(text);
+  // the shape check first: a custom check then only sees objects with a url and a models list
+  if (hasSpecShape(v) === undefined) return undefined;
+  const spec = check(v);
+  return spec === undefined ? undefined : deepFreeze(spec);
 }
 
 function parsePolicy(text: string): ModelPolicy | undefined {
@@ -639,11 +685,17 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** views are shared with every reader: freezing turns an accidental write into an error */
+/**
+ * Views are shared with every reader: freezing turns an accidental write into an error. Iterative,
+ * so a value nested however deeply by a peer cannot overflow the stack here.
+ */
 function deepFreeze<T>(v: T): T {
-  if (typeof v === 'object' && v !== null && !Object.isFrozen(v)) {
-    Object.freeze(v);
-    for (const child of Object.values(v)) deepFreeze(child);
+  const stack: unknown[] = [v];
+  while (stack.length > 0) {
+    const x = stack.pop();
+    if (typeof x !== 'object' || x === null || Object.isFrozen(x)) continue;
+    Object.freeze(x);
+    for (const child of Object.values(x)) stack.push(child);
   }
   return v;
 }

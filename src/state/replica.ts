@@ -16,7 +16,7 @@ import type { StateEvent } from './events.js';
 import { HlcClock, type Hlc } from './hlc.js';
 import { LoadView } from './load-view.js';
 import { GLOBAL_RATE_WINDOW_MS, RateLimitUsage } from './rate-limit.js';
-import { RegistryDoc, actorIdFor, type RegistryDocDiff } from './registry-doc.js';
+import { RegistryDoc, actorIdFor, type RegistryDocDiff, type WorkerSpecCheck } from './registry-doc.js';
 import { WorkerRegistry } from './registry.js';
 
 export type AppliedListener = (ev: StateEvent, changed: boolean) => void;
@@ -39,6 +39,11 @@ export interface ReplicaOptions {
   rateLimitWindowMs?: number;
   /** the registry document (restored from the store); default: a fresh one for incarnation 0 */
   registryDoc?: RegistryDoc;
+  /**
+   * The full validation of worker specs read from the document (the gateway's WorkerSpec schema):
+   * a spec it refuses, from a peer or from disk, never reaches the routing registry.
+   */
+  workerSpecCheck?: WorkerSpecCheck;
 }
 
 export class Replica {
@@ -70,6 +75,7 @@ export class Replica {
     this.rateLimits = new RateLimitUsage(opts.nodeId, { windowMs: opts.rateLimitWindowMs, now: opts.now });
     this.globalRate = new RateLimitUsage(opts.nodeId, { windowMs: GLOBAL_RATE_WINDOW_MS, now: opts.now });
     this.doc = opts.registryDoc ?? RegistryDoc.create(actorIdFor(opts.nodeId, 0));
+    if (opts.workerSpecCheck) this.doc.setSpecCheck(opts.workerSpecCheck);
     this.doc.onChange((diff) => this.onDocChange(diff));
     // a document restored from disk: its workers are the registry before any peer answers
     const restored = this.doc.workers();

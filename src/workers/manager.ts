@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import type { HealthConfig } from '../cli/config-types.js';
 import type { Metrics } from '../observability/metrics.js';
 import { errors } from '../protocols/errors.js';
-import type { WorkerPatch } from '../protocols/worker-spec.js';
+import { WORKER_SPEC_LIMITS, workerSpecSizeProblem, type WorkerPatch } from '../protocols/worker-spec.js';
 import type { Replica } from '../state/replica.js';
 import type { EngineLoad, WorkerSpec, WorkerStatus } from '../state/worker.js';
 import { initialHealth, nextHealth, type HealthState } from './health.js';
@@ -275,6 +275,9 @@ export class WorkerManager {
       ...(patch.api_key !== undefined ? { api_key: patch.api_key } : {}),
       ...(patch.health !== undefined ? { health: { ...cur.spec.health, ...patch.health } } : {}),
     };
+    // each patched field passed its schema; the whole spec must still fit one replicated write
+    const tooBig = workerSpecSizeProblem(spec);
+    if (tooBig !== undefined) throw errors.invalidWorker(tooBig);
     this.upsert(id, spec);
   }
 
@@ -407,7 +410,14 @@ export class WorkerManager {
     try {
       const parsed = JSON.parse(res.body) as { data?: { id?: unknown; owned_by?: unknown }[] };
       const data = Array.isArray(parsed.data) ? parsed.data : [];
-      models = data.map((m) => m?.id).filter((x): x is string => typeof x === 'string' && x !== '');
+      // an engine's list is input like any other: ids a WorkerSpec could not hold are skipped
+      models = data
+        .map((m) => m?.id)
+        .filter(
+          (x): x is string =>
+            typeof x === 'string' && x !== '' && x.length <= WORKER_SPEC_LIMITS.modelIdChars,
+        )
+        .slice(0, WORKER_SPEC_LIMITS.models);
       const owner = data.find((m) => typeof m?.owned_by === 'string')?.owned_by;
       if (typeof owner === 'string' && /^[a-z0-9_.-]{1,32}$/i.test(owner)) ownedBy = owner.toLowerCase();
     } catch {
@@ -421,7 +431,13 @@ export class WorkerManager {
       const runtime = cur.spec.runtime === 'unspecified' && ownedBy ? ownedBy : cur.spec.runtime;
       const newModels = models.length > 0 && cur.spec.models.length === 0 ? models : cur.spec.models;
       if (runtime !== cur.spec.runtime || newModels !== cur.spec.models) {
-        this.upsert(rt.id, { ...cur.spec, runtime, models: newModels });
+        const spec = { ...cur.spec, runtime, models: newModels };
+        const tooBig = workerSpecSizeProblem(spec);
+        if (tooBig !== undefined) {
+          rt.job = { state: 'completed', message: `discovered models not recorded: ${tooBig}` };
+          return;
+        }
+        this.upsert(rt.id, spec);
       }
     }
     rt.job = {

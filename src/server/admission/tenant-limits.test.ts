@@ -263,6 +263,12 @@ tenants:
   });
 
   const bad: [string, string, RegExp][] = [
+    [
+      'a repeated key',
+      'default_policy: {}\ndefault_policy: {}\n',
+      /invalid YAML: duplicate key "default_policy"/,
+    ],
+    ['a file over 1 MiB', `# ${'x'.repeat(1024 * 1024)}\n`, /the file is larger than 1 MiB/],
     ['not YAML', 'default_policy: [\n', /invalid YAML/],
     ['not a mapping', '- 1\n', /top level: expected a mapping/],
     ['no default policy', 'tenants: []\n', /default_policy: missing/],

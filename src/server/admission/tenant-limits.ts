@@ -15,10 +15,9 @@
  * at the end replaces the token reservation with the real usage; `cancel` (rejected or gone while
  * queued) gives everything back, so a request refused later costs no quota.
  */
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { parse as parseYaml } from 'yaml';
 import type { Metrics } from '../../observability/metrics.js';
+import { ConfigFileError, parseConfigSource, readConfigSource } from '../../protocols/config-file.js';
 import { errors, type SmgError } from '../../protocols/errors.js';
 import type { RateLimitUsage } from '../../state/rate-limit.js';
 
@@ -91,21 +90,13 @@ export function tenantKeyProblem(key: string): string | undefined {
 
 /** reads and validates `--tenant-rate-limit-config`; errors name the file and the key */
 export function loadTenantRateLimitConfig(path: string): TenantRateLimitRules {
-  let source: string;
-  try {
-    source = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new Error(`tenant rate-limit config ${path}: cannot read: ${(err as Error).message}`, {
-      cause: err,
-    });
-  }
   let doc: unknown;
   try {
-    doc = parseYaml(source);
+    doc = parseConfigSource(readConfigSource(path), 'yaml');
   } catch (err) {
-    throw new Error(`tenant rate-limit config ${path}: invalid YAML: ${(err as Error).message}`, {
-      cause: err,
-    });
+    const problem = err instanceof ConfigFileError ? err.problem : 'invalid';
+    const what = problem === 'unreadable' ? 'cannot read: ' : problem === 'invalid' ? 'invalid YAML: ' : '';
+    throw new Error(`tenant rate-limit config ${path}: ${what}${(err as Error).message}`, { cause: err });
   }
   return parseTenantRateLimitConfig(doc, path);
 }
