@@ -79,9 +79,9 @@ export interface MeshConfig {
   advertiseHost?: string;
   /** --mesh-port (30001): UDP for SWIM, TCP for libp2p */
   port: number;
-  /** --mesh-node-name (alias --mesh-server-name): default <hostname>-<mesh-port> */
+  /** --mesh-node-name (alias --mesh-server-name): default <hostname>-<port> (the API port) */
   nodeName: string;
-  /** --data-dir: default ./.smg/<node-name> when the mesh is on */
+  /** --data-dir: default ./.smg/<node-name>; undefined with `--data-dir none` (no state kept) */
   dataDir?: string;
   /** --mesh-cluster-key / SMG_MESH_CLUSTER_KEY: base64, primary first */
   clusterKeys: string[];
