@@ -10,7 +10,7 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export interface HealthConfig {
   /** --health-failure-threshold (3): Ready → NotReady after this many consecutive failures */
   failureThreshold: number;
-  /** --health-success-threshold (2): Pending/NotReady → Ready after this many consecutive successes */
+  /** --health-success-threshold (2): NotReady → Ready after this many consecutive successes (a new worker: its first) */
   successThreshold: number;
   /** --health-check-timeout-secs (5) */
   timeoutSecs: number;
