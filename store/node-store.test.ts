@@ -492,6 +492,23 @@ describe('NodeStore cache index and rate-limit slots', () => {
     expect(store.loadCacheBlocks(10).map((r) => r.seen)).toEqual([40, 30]);
   });
 
+  it('drops the blocks of flushed workers seen at or before the flush, in one statement', () => {
+    const store = openStore();
+    store.putCacheBlocks([
+      { model: 'm', worker: 'w1', hash: 1, parent: 0, seen: 10 },
+      { model: 'n', worker: 'w1', hash: 2, parent: 0, seen: 20 },
+      { model: 'm', worker: 'w1', hash: 3, parent: 1, seen: 30 },
+      { model: 'm', worker: 'w2', hash: 1, parent: 0, seen: 10 },
+      { model: 'm', worker: 'w3', hash: 1, parent: 0, seen: 10 },
+    ]);
+    store.dropCacheBlocks(['w1', 'w3'], 20);
+    expect(store.loadCacheBlocks(10).map((r) => [r.worker, r.hash])).toEqual([
+      ['w1', 3],
+      ['w2', 1],
+    ]);
+    expect(() => store.dropCacheBlocks(['w1'], 1.5)).toThrow(StoreError);
+  });
+
   it('keeps the newest rows under any sequence of puts and prunes (property)', () => {
     const store = openStore();
     fc.assert(

@@ -118,6 +118,7 @@ type Op =
   | { kind: 'kv'; key: string; value: string }
   | { kind: 'cacheBlocks'; rows: CacheBlockRow[] }
   | { kind: 'pruneCacheBlocks'; maxRows: number }
+  | { kind: 'dropCacheBlocks'; workers: string; maxSeen: number }
   | { kind: 'rateSlots'; rows: RateSlotRow[] }
   | { kind: 'pruneRateSlots'; minWindow: number };
 
@@ -474,6 +475,9 @@ export class NodeStore {
          ON CONFLICT (model, worker, hash) DO UPDATE SET seen = max(seen, excluded.seen),
            parent = CASE WHEN parent = 0 THEN excluded.parent ELSE parent END`,
       ),
+      dropCacheBlocks: db.prepare(
+        'DELETE FROM cache_blocks WHERE seen <= ? AND worker IN (SELECT value FROM json_each(?))',
+      ),
       getCacheBlocks: db.prepare(
         'SELECT model, worker, hash, parent, seen FROM cache_blocks ORDER BY seen DESC, rowid DESC LIMIT ?',
       ),
@@ -665,6 +669,15 @@ export class NodeStore {
     this.assertOpen();
     requireInteger(this.file, 'maxRows', maxRows);
     this.enqueue({ kind: 'pruneCacheBlocks', maxRows: Math.max(0, maxRows) });
+  }
+
+  /** Deletes the blocks of `workers` seen at or before `maxSeen` (their caches were flushed then). */
+  dropCacheBlocks(workers: readonly string[], maxSeen: number): void {
+    this.assertOpen();
+    requireInteger(this.file, 'cache block seen', maxSeen);
+    if (workers.length === 0) return;
+    // one statement (one scan) for every worker of a flush
+    this.enqueue({ kind: 'dropCacheBlocks', workers: JSON.stringify(workers), maxSeen });
   }
 
   // ---- rate-limit slots ----
@@ -883,6 +896,9 @@ export class NodeStore {
           break;
         case 'pruneCacheBlocks':
           s.pruneCacheBlocks.run(op.maxRows);
+          break;
+        case 'dropCacheBlocks':
+          s.dropCacheBlocks.run(op.maxSeen, op.workers);
           break;
         case 'rateSlots':
           for (const r of op.rows) s.upsertRateSlot.run(r.key, r.window, r.requests, r.tokens);
