@@ -521,7 +521,7 @@ const ipLiteral = z
 // ---------------------------------------------------------------------------------------------
 // The schema: one key per flag, in SMG spelling without the leading `--`.
 
-const LAUNCH_SHAPE = {
+export const LAUNCH_SHAPE = {
   // §1.1 workers / server
   host: text().default(D.host),
   port: port().default(D.port),
