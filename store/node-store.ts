@@ -347,7 +347,12 @@ export class NodeStore {
     try {
       mkdirSync(absDir, { recursive: true });
     } catch (err) {
-      throw new StoreError(file, `cannot create data dir ${absDir}: ${describe(err)}`, { cause: err });
+      throw new StoreError(
+        file,
+        `cannot create data dir ${absDir}: ${describe(err)}; point --data-dir at a writable directory, ` +
+          `or give --data-dir none to keep no state`,
+        { cause: err },
+      );
     }
     if (openInProcess.has(file)) {
       throw new StoreError(file, `store ${file} is already open in this process`);

@@ -145,42 +145,60 @@ describe('a node without --ha-mesh keeps its state', () => {
 });
 
 describe('the data dir lock', () => {
+  type Outcome = 'runs' | 'locked out' | 'port taken' | 'failed';
+
+  /** two `smg launch` spawned at once on `dataDir`: what became of each */
+  async function race(dataDir: string): Promise<{ outcomes: Outcome[]; procs: Proc[] }> {
+    const start = async () => {
+      const args = ['launch', '--host', '127.0.0.1', '--data-dir', dataDir, '--log-level', 'warn'];
+      args.push('--port', String(await freePort()), '--prometheus-port', String(await freePort()));
+      args.push('--worker-urls', mocks.urls[0], '--shutdown-grace-period-secs', '1');
+      return args;
+    };
+    const [argsA, argsB] = await Promise.all([start(), start()]);
+    const procs = [spawnSmg(argsA), spawnSmg(argsB)];
+    const ports = [argsA, argsB].map((a) => a[a.indexOf('--port') + 1]);
+    const serving = async (i: number) => {
+      const res = await fetch(`http://127.0.0.1:${ports[i]}/liveness`, { signal: AbortSignal.timeout(1000) });
+      return res.status === 200;
+    };
+    const lockedOut = `data dir ${dataDir} is in use by another smg process`;
+    // each either serves or exits (its last words read): wait until both have decided
+    const decide = async (i: number): Promise<Outcome> => {
+      const p = procs[i];
+      await waitFor(
+        async () => p.child.exitCode !== null || (await serving(i).catch(() => false)),
+        30_000,
+        `process ${i} serving or exited`,
+      );
+      if (p.child.exitCode === null) return 'runs';
+      await exitOf(p);
+      await waitFor(async () => /smg: /.test(p.output()), 5_000, `process ${i} exit message`).catch(
+        () => undefined,
+      );
+      if (p.output().includes(lockedOut)) return p.child.exitCode === 1 ? 'locked out' : 'failed';
+      // another process on this shared machine took a port between freePort and listen
+      return /EADDRINUSE/.test(p.output()) ? 'port taken' : 'failed';
+    };
+    return { outcomes: await Promise.all([decide(0), decide(1)]), procs };
+  }
+
   it('of two processes started at the same instant on one data dir, exactly one runs', async () => {
+    let clashes = 0;
     for (let round = 0; round < 5; round++) {
-      const dataDir = path.join(tempDir('smg-lock-'), 'shared');
-      const start = async () => {
-        const args = ['launch', '--host', '127.0.0.1', '--data-dir', dataDir, '--log-level', 'warn'];
-        args.push('--port', String(await freePort()), '--prometheus-port', String(await freePort()));
-        args.push('--worker-urls', mocks.urls[0], '--shutdown-grace-period-secs', '1');
-        return args;
-      };
-      const [argsA, argsB] = await Promise.all([start(), start()]);
-      const procs = [spawnSmg(argsA), spawnSmg(argsB)];
-      const ports = [argsA, argsB].map((a) => a[a.indexOf('--port') + 1]);
-      // each either serves or exits: wait until both have decided
-      const serving = (i: number) => async () => {
-        const res = await fetch(`http://127.0.0.1:${ports[i]}/liveness`, {
-          signal: AbortSignal.timeout(1000),
-        });
-        return res.status === 200;
-      };
-      const decided = async (i: number): Promise<'runs' | 'exited'> => {
-        await waitFor(
-          async () => procs[i].child.exitCode !== null || (await serving(i)().catch(() => false)),
-          30_000,
-          `process ${i} serving or exited`,
-        );
-        return procs[i].child.exitCode === null ? 'runs' : 'exited';
-      };
-      const outcome = await Promise.all([decided(0), decided(1)]);
+      const { outcomes, procs } = await race(path.join(tempDir('smg-lock-'), 'shared'));
       try {
-        expect([...outcome].sort(), `round ${round}`).toEqual(['exited', 'runs']);
-        const loser = procs[outcome.indexOf('exited')];
-        expect(await exitOf(loser)).toBe(1);
-        expect(loser.output()).toContain(`data dir ${dataDir} is in use by another smg process`);
+        if (outcomes.includes('port taken') && clashes++ < 3) {
+          round--; // not what this tests: run the round again
+          continue;
+        }
+        expect(
+          [...outcomes].sort(),
+          `round ${round}: ${procs.map((p) => p.output().slice(-500)).join('\n')}`,
+        ).toEqual(['locked out', 'runs']);
       } finally {
         for (const p of procs) await p.stop();
       }
     }
-  }, 180_000);
+  }, 240_000);
 });
