@@ -1,7 +1,7 @@
 /**
  * Benchmark runner:
  *
- *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing ...] [--quick] [--profile]
+ *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing|state ...] [--quick] [--profile]
  *
  * Runs the named benchmarks (default: all, in that order). Each writes its JSON to
  * bench/results/<name>.json and prints it to stdout followed by one `SUMMARY <name>: …` line.
@@ -17,6 +17,7 @@ import { stopAllNginx } from './nginx.js';
 import { runProxyBench } from './proxy.js';
 import { runReliabilityBench } from './reliability.js';
 import { runRoutingBench } from './routing.js';
+import { runStateBench } from './state.js';
 import { stopAll } from '../src/testing/processes.js';
 
 const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> = {
@@ -28,6 +29,7 @@ const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> 
   'mesh-routing': runMeshRoutingBench,
   'mesh-rate-limit': runMeshRateLimitBench,
   'hostile-input': runHostileInputBench,
+  state: runStateBench,
 };
 
 const USAGE = `usage: node dist/bench/run.js [${Object.keys(BENCHMARKS).join('|')} ...] [--quick] [--profile]

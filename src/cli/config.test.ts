@@ -18,6 +18,12 @@ import type { Config } from './config-types.js';
 import { LAUNCH_HELP, TOP_HELP } from './help.js';
 
 /** parse with an empty environment, so the machine's SMG_* variables cannot leak in */
+const HOST_PART =
+  hostname()
+    .split('.')[0]
+    .replace(/[^A-Za-z0-9_-]/g, '-')
+    .slice(0, 50) || 'smg';
+const DEFAULT_NODE_NAME = `${HOST_PART}-30000`;
 const parse = (argv: string[], env: NodeJS.ProcessEnv = {}) => parseLaunchArgs(argv, env);
 
 function errorOf(argv: string[], env: NodeJS.ProcessEnv = {}): string {
@@ -129,12 +135,8 @@ const SMG_DEFAULTS: Config = {
     seeds: [],
     host: '127.0.0.1',
     port: 30001,
-    nodeName: `${
-      hostname()
-        .split('.')[0]
-        .replace(/[^A-Za-z0-9_-]/g, '-')
-        .slice(0, 50) || 'smg'
-    }-30001`,
+    nodeName: DEFAULT_NODE_NAME,
+    dataDir: join('.smg', DEFAULT_NODE_NAME),
     clusterKeys: [],
     insecure: false,
   },
@@ -323,7 +325,25 @@ describe('mesh flags', () => {
     });
     expect(parse(['--ha-mesh', '--mesh-cluster-key', KEY_A]).mesh.host).toBe('0.0.0.0');
     expect(parse(['--ha-mesh'], { SMG_MESH_CLUSTER_KEY: KEY_A }).mesh.clusterKeys).toEqual([KEY_A]);
-    expect(parse([]).mesh.dataDir).toBeUndefined();
+  });
+
+  it('every node keeps its state under ./.smg/<hostname>-<port> unless --data-dir none', () => {
+    expect(parse([]).mesh).toMatchObject({
+      nodeName: DEFAULT_NODE_NAME,
+      dataDir: join('.smg', DEFAULT_NODE_NAME),
+    });
+    // two gateways in one directory on different ports: two data dirs, whatever their mesh ports
+    const other = parse(['--port', '30100', '--ha-mesh', '--mesh-port', '30101']).mesh;
+    expect(other.nodeName).toBe(`${HOST_PART}-30100`);
+    expect(other.dataDir).toBe(join('.smg', `${HOST_PART}-30100`));
+    expect(parse(['--data-dir', 'none']).mesh.dataDir).toBeUndefined();
+    expect(parse(['--data-dir', './none']).mesh.dataDir).toBe('./none');
+    // the node name names the data dir, so it is allowed without the mesh
+    expect(parse(['--mesh-node-name', 'solo']).mesh).toMatchObject({
+      enabled: false,
+      nodeName: 'solo',
+      dataDir: join('.smg', 'solo'),
+    });
   });
 
   it.each([

@@ -551,7 +551,7 @@ const ipLiteral = z
 // ---------------------------------------------------------------------------------------------
 // The schema: one key per flag, in SMG spelling without the leading `--`.
 
-const LAUNCH_SHAPE = {
+export const LAUNCH_SHAPE = {
   // §1.1 workers / server
   host: text().default(D.host),
   port: port().default(D.port),
@@ -720,13 +720,8 @@ export const LaunchSchema = z.object(LAUNCH_SHAPE).superRefine((v, ctx) => {
       });
     }
   } else {
-    for (const flag of [
-      'seeds',
-      'mesh-host',
-      'mesh-advertise-host',
-      'mesh-node-name',
-      'mesh-cluster-key',
-    ] as const) {
+    // the node name also names the data dir, so it is allowed alone
+    for (const flag of ['seeds', 'mesh-host', 'mesh-advertise-host', 'mesh-cluster-key'] as const) {
       const val = v[flag];
       if (val !== undefined && !(Array.isArray(val) && val.length === 0))
         ctx.addIssue({ code: 'custom', path: [flag], message: 'needs --ha-mesh (or --enable-mesh)' });
@@ -1192,15 +1187,15 @@ export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
     group: MESH,
     arity: 'value',
     placeholder: 'NAME',
-    defaultText: '<hostname>-<mesh-port>',
-    help: 'stable node name (alias --mesh-server-name)',
+    defaultText: '<hostname>-<port>',
+    help: 'stable node name, also names the default data dir (alias --mesh-server-name)',
   },
   'data-dir': {
     group: MESH,
     arity: 'value',
     placeholder: 'DIR',
-    defaultText: './.smg/<node-name> with --ha-mesh, else none',
-    help: 'where the node keeps its SQLite state',
+    defaultText: './.smg/<node-name>',
+    help: 'where the node keeps its SQLite state (workers, registry, prefix index); none: keep nothing',
   },
   'mesh-cluster-key': {
     group: MESH,
@@ -1612,8 +1607,10 @@ export function parseLaunchArgs(argv: string[], env: NodeJS.ProcessEnv = process
 
 function meshConfig(v: z.infer<typeof LaunchSchema>): MeshConfig {
   const keys = v['mesh-cluster-key'] ?? [];
-  const nodeName = v['mesh-node-name'] ?? defaultNodeName(v['mesh-port']);
-  const dataDir = v['data-dir'] ?? (v['ha-mesh'] ? join('.smg', nodeName) : undefined);
+  const nodeName = v['mesh-node-name'] ?? defaultNodeName(v.port);
+  // every node keeps its state (workers added over the API, the prefix index) unless told not to
+  const given = v['data-dir'];
+  const dataDir = given === DATA_DIR_NONE ? undefined : (given ?? join('.smg', nodeName));
   return {
     enabled: v['ha-mesh'],
     seeds: [...v.seeds],
@@ -1627,14 +1624,22 @@ function meshConfig(v: z.infer<typeof LaunchSchema>): MeshConfig {
   };
 }
 
-/** `<hostname>-<mesh port>`: stable across restarts (so is the default data dir), unique per host */
-function defaultNodeName(meshPort: number): string {
+/** `--data-dir none`: keep no state (a directory named "none" is `./none`) */
+export const DATA_DIR_NONE = 'none';
+
+/**
+ * `<hostname>-<port>` (the API port): stable across restarts, and so is the default data dir
+ * `./.smg/<node-name>`; unique per host, so two gateways started in one directory get two data
+ * dirs. The mesh port is not part of it: a node keeps its name and its state when it joins a mesh
+ * or moves its mesh port.
+ */
+function defaultNodeName(port: number): string {
   const host =
     hostname()
       .split('.')[0]
       .replace(/[^A-Za-z0-9_-]/g, '-')
       .slice(0, 50) || 'smg';
-  return `${host}-${meshPort}`;
+  return `${host}-${port}`;
 }
 
 export function isLoopback(host: string): boolean {

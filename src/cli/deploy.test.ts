@@ -495,10 +495,15 @@ describe('docker-compose.yml', () => {
 // the demo's plan
 
 describe('demo', () => {
-  it('parses --port and rejects anything else', () => {
-    expect(parseDemoArgs([])).toEqual({ port: 30000, help: false });
-    expect(parseDemoArgs(['--port', '40000'])).toEqual({ port: 40000, help: false });
-    expect(parseDemoArgs(['--port=40000'])).toEqual({ port: 40000, help: false });
+  it('parses --port and --host (loopback unless told otherwise) and rejects anything else', () => {
+    expect(parseDemoArgs([])).toEqual({ port: 30000, host: '127.0.0.1', help: false });
+    expect(parseDemoArgs(['--port', '40000'])).toEqual({ port: 40000, host: '127.0.0.1', help: false });
+    expect(parseDemoArgs(['--port=40000', '--host', '0.0.0.0'])).toEqual({
+      port: 40000,
+      host: '0.0.0.0',
+      help: false,
+    });
+    expect(parseDemoArgs(['--host=::1']).host).toBe('::1');
     expect(parseDemoArgs(['--help']).help).toBe(true);
     for (const bad of [
       ['--port'],
@@ -506,6 +511,8 @@ describe('demo', () => {
       ['--port', '500'],
       ['--port', '65000'],
       ['--policy', 'random'],
+      ['--host'],
+      ['--host', 'not an address'],
     ])
       expect(() => parseDemoArgs(bad), bad.join(' ')).toThrow(DemoArgsError);
   });
@@ -534,6 +541,8 @@ describe('demo', () => {
     expect(cfgs.map((c) => c.workerUrls)).toEqual([registered, [], []]);
     for (const [i, c] of cfgs.entries()) {
       expect(c.mesh).toMatchObject({ enabled: true, host: '127.0.0.1', clusterKeys: [key], insecure: false });
+      // nothing listens beyond loopback unless --host says so
+      expect([c.host, c.prometheusHost]).toEqual(['127.0.0.1', '127.0.0.1']);
       expect(c.mesh.seeds).toEqual(['127.0.0.1:30001', '127.0.0.1:30011', '127.0.0.1:30021']);
       expect(c.policy).toBe('cache_aware');
       expect(c.logLevel).toBe('warn');
@@ -556,6 +565,21 @@ describe('demo', () => {
     ]);
     expect(demoEngineUrls(40000)[0]).toBe('http://127.0.0.1:41001');
     for (const p of peers) expect(() => parseLaunchArgs(p.args, {})).not.toThrow();
+  });
+
+  it('binds the peers where --host says, and prints addresses a local client reaches', () => {
+    const plan = (host: string) =>
+      planDemoPeers({ port: 40000, host, clusterKey: TEST_KEY, dataRoot: '/d', workerUrls: [] });
+    for (const [host, url] of [
+      ['0.0.0.0', 'http://127.0.0.1:40000'],
+      ['::', 'http://[::1]:40000'],
+      ['127.0.0.2', 'http://127.0.0.2:40000'],
+    ]) {
+      const [first] = plan(host);
+      const cfg = parseLaunchArgs(first.args, {});
+      expect([cfg.host, cfg.prometheusHost, cfg.mesh.host]).toEqual([host, host, '127.0.0.1']);
+      expect(first.url).toBe(url);
+    }
   });
 
   it('counts the alive members in a /mesh/status answer', () => {

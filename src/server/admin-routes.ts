@@ -1,6 +1,8 @@
 /**
  * Control-plane routes (inventory §2.5): worker CRUD, /get_loads, /flush_cache. Writes become
- * events through the WorkerManager; reads come from the Replica's views.
+ * events through the WorkerManager; reads come from the Replica's views. A cache flush also
+ * empties the gateway's own prefix index for the flushed workers, on every peer (a registry write,
+ * see src/state/cache-flush.ts), so cache_aware stops steering to caches that were just emptied.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { request as undiciRequest } from 'undici';
@@ -163,16 +165,21 @@ export function registerAdminRoutes(
     const workers = replica.registry.list();
     const successful: string[] = [];
     const failed: string[] = [];
+    const flushed: string[] = [];
     await Promise.all(
       workers.map(async (w) => {
         try {
           const res = await callWorker(pools, w, 'POST', '/flush_cache');
-          (res.status >= 200 && res.status < 300 ? successful : failed).push(w.url);
+          const ok = res.status >= 200 && res.status < 300;
+          (ok ? successful : failed).push(w.url);
+          if (ok) flushed.push(w.id);
         } catch {
           failed.push(w.url);
         }
       }),
     );
+    // after the answers: blocks recorded while the flush ran may be gone from the engine too
+    replica.flushCacheIndex(flushed);
     return {
       successful,
       failed,

@@ -38,7 +38,7 @@ import {
   restoreRateSlots,
   type NodeState,
 } from '../../store/persistence.js';
-import { isPolicyName } from '../routing/factory.js';
+import { modelPolicyReader } from './policy-params.js';
 
 const LOAD_AWARE: ReadonlySet<string> = new Set<PolicyName>(['power_of_two', 'least_load']);
 
@@ -154,10 +154,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     params: cfg.policyParams,
     ctx,
     routingKeyOverride: cfg.routingKeyOverride,
-    modelPolicy: (model) => {
-      const p = replica.doc.policies().get(model)?.policy;
-      return p !== undefined && isPolicyName(p) ? p : undefined;
-    },
+    modelPolicy: modelPolicyReader(() => replica.doc.policies(), cfg.policyParams),
   });
   const selection = new WorkerSelection(replica, policies, cfg);
   // a worker spec a peer (or an older version, on disk) wrote that this node refuses is left

@@ -297,6 +297,25 @@ export class RegistryDoc {
     });
   }
 
+  /** sets (a string) or deletes (undefined) several config keys in one change */
+  writeConfig(entries: ReadonlyMap<string, string | undefined>): Uint8Array[] {
+    for (const [key, value] of entries) {
+      checkKey('config key', key);
+      if (value !== undefined && typeof value !== 'string')
+        throw new RegistryDocError('invalid_argument', 'config value must be a string');
+    }
+    const moves = [...entries].filter(([key, value]) =>
+      value === undefined ? this.doc.config[key] !== undefined : this.doc.config[key]?.toString() !== value,
+    );
+    if (moves.length === 0) return [];
+    return this.write((d) => {
+      for (const [key, value] of moves) {
+        if (value === undefined) delete d.config[key];
+        else d.config[key] = new Automerge.ImmutableString(value);
+      }
+    });
+  }
+
   deleteConfig(key: string): Uint8Array[] {
     checkKey('config key', key);
     if (!Object.hasOwn(this.doc.config, key)) return [];

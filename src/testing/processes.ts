@@ -34,10 +34,11 @@ export function freePort(host = '127.0.0.1'): Promise<number> {
   });
 }
 
-export function spawnSmg(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
+export function spawnSmg(args: string[], env: NodeJS.ProcessEnv = {}, opts: { cwd?: string } = {}): Proc {
   const child = spawn(process.execPath, [SMG_ENTRY, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
+    ...(opts.cwd !== undefined && { cwd: opts.cwd }),
   });
   return trackProcess(child, running);
 }
@@ -139,10 +140,14 @@ export interface GatewayProc extends Proc {
   metricsUrl: string;
 }
 
-/** starts `smg launch` on free ports; waits until /readiness is 200 unless `waitReady` is false */
+/**
+ * Starts `smg launch` on free ports; waits until /readiness is 200 unless `waitReady` is false.
+ * Keeps no state (`--data-dir none`) unless the caller gives `--data-dir` or a working directory
+ * (`cwd`), where the default data dir `./.smg/<node-name>` then goes.
+ */
 export async function startGatewayProc(
   args: string[],
-  opts: { waitReady?: boolean; readyTimeoutMs?: number } = {},
+  opts: { waitReady?: boolean; readyTimeoutMs?: number; cwd?: string } = {},
 ): Promise<GatewayProc> {
   const port = await freePort();
   const promPort = await freePort();
@@ -154,9 +159,12 @@ export async function startGatewayProc(
     ['--log-level', 'warn'],
     // SIGTERM drains for min(grace/2, 5 s) before closing: keep test and benchmark stops quick
     ['--shutdown-grace-period-secs', '2'],
+    // no state kept unless the caller asks for it: the default, ./.smg/<host>-<port> in the working
+    // directory, would leave a store per test run in the repository
+    ...(opts.cwd === undefined ? [['--data-dir', 'none'] as [string, string]] : []),
   ];
   const given = new Set(args.filter((a) => a.startsWith('--')).map((a) => a.split('=')[0]));
-  const proc = spawnSmg(['launch', ...defaults.filter(([f]) => !given.has(f)).flat(), ...args]);
+  const proc = spawnSmg(['launch', ...defaults.filter(([f]) => !given.has(f)).flat(), ...args], {}, opts);
   // flags given by the caller win over the defaults above
   const flag = (name: string): string | undefined => {
     const i = args.indexOf(name);

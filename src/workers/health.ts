@@ -1,14 +1,16 @@
 /**
  * Worker health: SMG's state machine (inventory §5.3) as a pure function, plus the prober that
  * drives it. With success threshold s and failure threshold f:
- *   pending   → ready     after s consecutive successes
+ *   pending   → ready     at the first successful probe
  *   pending   → failed    after 10·f probe intervals without becoming ready
  *   ready     → not_ready after f consecutive failures
  *   not_ready → ready     after s consecutive successes
  *   not_ready → failed    after 3·f consecutive failures
  *   failed is terminal; draining is left alone by probes.
- * Pending workers are probed every second (not every interval) so a worker becomes routable as
- * soon as it is healthy.
+ * First admission is SMG's registration workflow, which activates a worker once it has answered:
+ * the success threshold governs recovery from failure (not_ready), not a new worker's first
+ * answer, so a worker added with `POST /workers` serves as soon as its first probe (sent at once)
+ * succeeds. Pending workers are probed every second (not every interval) until then.
  */
 import type { WorkerStatus } from '../state/worker.js';
 
@@ -46,7 +48,7 @@ export function nextHealth(
   switch (s.status) {
     case 'pending': {
       const probes = s.pendingProbes + 1;
-      if (succ >= t.successThreshold) return { ...base, status: 'ready', pendingProbes: 0 };
+      if (ok) return { ...base, status: 'ready', pendingProbes: 0 };
       if (probes >= pendingProbeBudget) return { ...base, status: 'failed', pendingProbes: probes };
       return { ...base, status: 'pending', pendingProbes: probes };
     }

@@ -55,6 +55,11 @@ interface Runtime {
   probing: boolean;
   stopped: boolean;
   drainTimer?: NodeJS.Timeout;
+  /**
+   * Registered on this node and not yet judged: probed here whoever its probers are, so it serves
+   * from here once it answers its first probe (its probers, on other peers, learn of it by gossip).
+   */
+  admitting?: boolean;
 }
 
 export interface WorkerManagerOptions {
@@ -102,7 +107,7 @@ export class WorkerManager {
     if (this.closed) return;
     for (const rt of this.runtimes.values()) {
       if (rt.stopped || rt.drainTimer || this.healthDisabled(rt.spec)) continue;
-      const mine = this.duty ? this.duty.isProber(rt.id) : true;
+      const mine = !this.duty || this.duty.isProber(rt.id) || rt.admitting === true;
       if (!mine) {
         if (rt.timer) clearTimeout(rt.timer);
         rt.timer = undefined;
@@ -131,11 +136,8 @@ export class WorkerManager {
   /** starts probes and polls for every worker already in the registry (restored from the data dir) */
   adoptExisting(): void {
     for (const w of this.o.replica.registry.list()) {
-      if (this.runtimes.has(w.id)) continue;
-      const rt = this.start(w.id, w.spec);
-      // known before the restart: one good probe brings it back (a new worker needs the threshold)
-      const threshold = w.spec.health.success_threshold ?? this.o.health.successThreshold;
-      rt.health = { ...rt.health, consecutiveSuccesses: Math.max(0, threshold - 1) };
+      // pending until its first probe answers, as a new worker (see health.ts)
+      if (!this.runtimes.has(w.id)) this.start(w.id, w.spec);
     }
   }
 
@@ -160,7 +162,7 @@ export class WorkerManager {
   register(spec: WorkerSpec): string {
     if (this.o.replica.registry.getByUrl(spec.url)) throw errors.workerExists(spec.url);
     const id = randomUUID();
-    this.start(id, spec);
+    this.start(id, spec).admitting = true;
     this.upsert(id, spec);
     this.o.logger.info({ worker_id: id, url: spec.url }, 'worker registered');
     return id;
@@ -456,7 +458,9 @@ export class WorkerManager {
     rt.timer = undefined;
     const view = this.o.replica.registry.get(rt.id);
     if (!view || rt.stopped || rt.probing) return;
-    if (this.duty && !this.duty.isProber(rt.id)) return; // another peer's duty now
+    // a verdict reached elsewhere ends this node's admission probing
+    if (rt.admitting && view.status !== 'pending') rt.admitting = false;
+    if (this.duty && !this.duty.isProber(rt.id) && !rt.admitting) return; // another peer's duty now
     rt.probing = true;
     rt.lastProbeAt = Date.now();
     const spec = view.spec;
@@ -476,6 +480,7 @@ export class WorkerManager {
     const budget = Math.max(1, Math.ceil((10 * t.failureThreshold * intervalMs) / PENDING_PROBE_MS));
     const before = rt.health.status;
     rt.health = nextHealth(rt.health, ok, t, budget);
+    if (rt.health.status !== 'pending') rt.admitting = false;
     if (rt.health.status !== before) {
       this.setStatus(rt, rt.health.status);
       const why = 'error' in res ? res.error : `HTTP ${res.status}`;
