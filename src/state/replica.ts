@@ -18,6 +18,7 @@ import { LoadView } from './load-view.js';
 import { GLOBAL_RATE_WINDOW_MS, RateLimitUsage } from './rate-limit.js';
 import { RegistryDoc, actorIdFor, type RegistryDocDiff } from './registry-doc.js';
 import { WorkerRegistry } from './registry.js';
+import type { SecretSealer } from './secret-sealer.js';
 
 export type AppliedListener = (ev: StateEvent, changed: boolean) => void;
 
@@ -39,6 +40,8 @@ export interface ReplicaOptions {
   rateLimitWindowMs?: number;
   /** the registry document (restored from the store); default: a fresh one for incarnation 0 */
   registryDoc?: RegistryDoc;
+  /** seals worker keys in the registry document (given or fresh); default: a key of this process */
+  sealer?: SecretSealer;
 }
 
 export class Replica {
@@ -69,7 +72,9 @@ export class Replica {
     this.cache = new CacheIndex(opts.cacheBlocksPerWorker);
     this.rateLimits = new RateLimitUsage(opts.nodeId, { windowMs: opts.rateLimitWindowMs, now: opts.now });
     this.globalRate = new RateLimitUsage(opts.nodeId, { windowMs: GLOBAL_RATE_WINDOW_MS, now: opts.now });
-    this.doc = opts.registryDoc ?? RegistryDoc.create(actorIdFor(opts.nodeId, 0));
+    this.doc = opts.registryDoc ?? RegistryDoc.create(actorIdFor(opts.nodeId, 0), { sealer: opts.sealer });
+    // a restored document opens its keys with this node's sealer before anything reads it
+    if (opts.registryDoc && opts.sealer) opts.registryDoc.setSealer(opts.sealer);
     this.doc.onChange((diff) => this.onDocChange(diff));
     // a document restored from disk: its workers are the registry before any peer answers
     const restored = this.doc.workers();
