@@ -63,6 +63,7 @@ class TransportSink implements LogSink {
     private readonly stream: EventEmitter & {
       write(data: string): boolean;
       end(): void;
+      ref(): void;
       flush(cb: (err?: Error | null) => void): void;
     },
   ) {
@@ -115,11 +116,12 @@ class TransportSink implements LogSink {
       this.flushReport();
       if (this.failed) return resolve();
       const timer = setTimeout(resolve, CLOSE_TIMEOUT_MS);
-      timer.unref();
       this.stream.once('close', () => {
         clearTimeout(timer);
         resolve();
       });
+      // pino unrefs the worker; until it has closed its outputs, it is what the process waits for
+      this.stream.ref();
       // thread-stream's end() waits for the worker to write out and close its outputs
       this.stream.end();
     });
