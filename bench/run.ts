@@ -1,7 +1,7 @@
 /**
  * Benchmark runner:
  *
- *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing ...] [--quick] [--profile]
+ *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing|mesh-rate-limit|logging ...] [--quick] [--profile]
  *
  * Runs the named benchmarks (default: all, in that order). Each writes its JSON to
  * bench/results/<name>.json and prints it to stdout followed by one `SUMMARY <name>: …` line.
@@ -9,6 +9,7 @@
  */
 import { runCacheAwareBench } from './cache-aware.js';
 import { log, writeResult, type BenchOptions, type BenchOutcome } from './common.js';
+import { runLoggingBench } from './logging.js';
 import { runMeshBench } from './mesh.js';
 import { runMeshRoutingBench } from './mesh-routing.js';
 import { runMeshRateLimitBench } from './mesh-rate-limit.js';
@@ -26,6 +27,7 @@ const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> 
   mesh: runMeshBench,
   'mesh-routing': runMeshRoutingBench,
   'mesh-rate-limit': runMeshRateLimitBench,
+  logging: runLoggingBench,
 };
 
 const USAGE = `usage: node dist/bench/run.js [${Object.keys(BENCHMARKS).join('|')} ...] [--quick] [--profile]
