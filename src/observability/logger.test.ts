@@ -2,9 +2,17 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, assert, describe, expect, it } from 'vitest';
 import { OUTPUT_BUFFER_BYTES, buildLogOutput, dailyLogFileName } from './log-output.js';
-import { LogDirError, closeLogger, createLogger } from './logger.js';
+import { EventEmitter } from 'node:events';
+import {
+  FRONT_BUFFER_BYTES,
+  LogDirError,
+  TransportSink,
+  closeLogger,
+  createLogger,
+  type LogSink,
+} from './logger.js';
 
 const dirs: string[] = [];
 function tempDir(): string {
@@ -129,4 +137,67 @@ describe('log outputs', () => {
     expect(reports.join('\n')).toMatch(/not flushed within/);
     fs.closeSync(reader);
   }, 20_000);
+});
+
+/** a thread-stream stand-in: `accepting` says whether its worker keeps up */
+class FakeTransport extends EventEmitter {
+  accepting = true;
+  received = 0;
+  write(data: string): boolean {
+    this.received += data.length;
+    return this.accepting;
+  }
+  end(): void {
+    setImmediate(() => this.emit('close'));
+  }
+  ref(): void {}
+  flush(cb: () => void): void {
+    cb();
+  }
+}
+
+describe('the transport front', () => {
+  const line = `${JSON.stringify({ msg: 'y'.repeat(500) })}\n`;
+
+  it('holds at most FRONT_BUFFER_BYTES while the worker lags, then drops and reports; drain resumes', async () => {
+    const t = new FakeTransport();
+    const reports: string[] = [];
+    const sink = new TransportSink(
+      t,
+      () => assert.fail('no fallback'),
+      (m) => reports.push(m),
+    );
+    t.accepting = false;
+    const n = Math.ceil((3 * FRONT_BUFFER_BYTES) / line.length);
+    for (let i = 0; i < n; i++) sink.write(line);
+    expect(t.received).toBeLessThanOrEqual(FRONT_BUFFER_BYTES + line.length);
+    expect(t.received).toBeGreaterThan(FRONT_BUFFER_BYTES - 2 * line.length);
+    t.accepting = true;
+    t.emit('drain');
+    const before = t.received;
+    sink.write(line);
+    expect(t.received).toBe(before + line.length);
+    await sink.close();
+    expect(reports.join('\n')).toMatch(/log lines dropped \(the log writer fell 8 MiB behind\)/);
+  });
+
+  it('moves to outputs on this thread when the worker fails, and says so', async () => {
+    const t = new FakeTransport();
+    const reports: string[] = [];
+    const got: string[] = [];
+    const fallback: LogSink = { write: (s: string) => void got.push(s), close: () => Promise.resolve() };
+    const sink = new TransportSink(
+      t,
+      () => fallback,
+      (m) => reports.push(m),
+    );
+    sink.write('{"msg":"before"}\n');
+    t.emit('error', new Error('worker died'));
+    sink.write('{"msg":"after"}\n');
+    expect(got).toEqual(['{"msg":"after"}\n']);
+    expect(reports).toEqual([
+      expect.stringMatching(/worker failed \(worker died\); logging on the main thread/),
+    ]);
+    await sink.close();
+  });
 });

@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import type { EventEmitter } from 'node:events';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import type { LogLevel } from '../cli/config-types.js';
-import { buildLogOutput, report, type LogOutputOptions } from './log-output.js';
+import { buildLogOutput, report as reportOnStderr, type LogOutputOptions } from './log-output.js';
 
 export type { Logger };
 
@@ -41,7 +41,7 @@ export interface LoggerOptions {
 }
 
 /** what a logger writes into, and how it is flushed and closed */
-interface LogSink extends DestinationStream {
+export interface LogSink extends DestinationStream {
   close(): Promise<void>;
 }
 
@@ -49,14 +49,15 @@ const sinks = new WeakMap<Logger, LogSink>();
 
 /**
  * The transport's stream (thread-stream) as pino sees it, with a bound: thread-stream itself
- * buffers without limit in front of its worker when the worker falls behind.
+ * buffers without limit in front of its worker when the worker falls behind. Should the worker
+ * die, the outputs are rebuilt on this thread (`fallback`) and logging goes on.
  */
-class TransportSink implements LogSink {
+export class TransportSink implements LogSink {
   private congested = false;
   private heldBytes = 0;
   private dropped = 0;
   private reportTimer: NodeJS.Timeout | undefined;
-  private failed = false;
+  private fallbackSink: LogSink | undefined;
   private closed: Promise<void> | undefined;
 
   constructor(
@@ -66,20 +67,32 @@ class TransportSink implements LogSink {
       ref(): void;
       flush(cb: (err?: Error | null) => void): void;
     },
+    private readonly fallback: () => LogSink,
+    private readonly report: (message: string) => void = reportOnStderr,
   ) {
     stream.on('drain', () => {
       this.congested = false;
       this.heldBytes = 0;
     });
     stream.on('error', (err: Error) => {
-      if (this.failed) return;
-      this.failed = true;
-      report(`logging stopped: the log transport failed: ${err.message}`);
+      if (this.fallbackSink || this.closed) return;
+      try {
+        this.fallbackSink = this.fallback();
+        this.report(
+          `the log transport's worker failed (${err.message}); logging on the main thread from now on`,
+        );
+      } catch (e) {
+        this.fallbackSink = { write: () => undefined, close: () => Promise.resolve() };
+        this.report(
+          `logging stopped: the log transport failed (${err.message}) and so did its fallback (${(e as Error).message})`,
+        );
+      }
     });
   }
 
   write(line: string): void {
-    if (this.failed || this.closed) return;
+    if (this.closed) return;
+    if (this.fallbackSink) return this.fallbackSink.write(line);
     if (this.congested) {
       if (this.heldBytes + line.length > FRONT_BUFFER_BYTES) {
         this.dropped++;
@@ -93,7 +106,7 @@ class TransportSink implements LogSink {
 
   /** pino's `logger.flush(cb)` */
   flush(cb?: (err?: Error | null) => void): void {
-    if (this.failed || this.closed) return cb?.();
+    if (this.fallbackSink || this.closed) return cb?.();
     this.stream.flush(cb ?? (() => undefined));
   }
 
@@ -107,14 +120,16 @@ class TransportSink implements LogSink {
     if (this.reportTimer) clearTimeout(this.reportTimer);
     this.reportTimer = undefined;
     if (this.dropped === 0) return;
-    report(`${this.dropped} log lines dropped (the log writer fell ${FRONT_BUFFER_BYTES >> 20} MiB behind)`);
+    this.report(
+      `${this.dropped} log lines dropped (the log writer fell ${FRONT_BUFFER_BYTES >> 20} MiB behind)`,
+    );
     this.dropped = 0;
   }
 
   close(): Promise<void> {
     this.closed ??= new Promise<void>((resolve) => {
       this.flushReport();
-      if (this.failed) return resolve();
+      if (this.fallbackSink) return void this.fallbackSink.close().then(resolve);
       const timer = setTimeout(resolve, CLOSE_TIMEOUT_MS);
       this.stream.once('close', () => {
         clearTimeout(timer);
@@ -134,7 +149,7 @@ class InThreadSink implements LogSink {
   private closed: Promise<void> | undefined;
 
   constructor(private readonly output: ReturnType<typeof buildLogOutput>) {
-    output.on('error', (err: Error) => report(`log output failed: ${err.message}`));
+    output.on('error', (err: Error) => reportOnStderr(`log output failed: ${err.message}`));
   }
 
   write(line: string): void {
@@ -172,9 +187,10 @@ export function createLogger(opts: LoggerOptions): Logger {
     }),
   };
   const script = fileURLToPath(new URL('./log-output.js', import.meta.url));
+  const inThread = () => new InThreadSink(buildLogOutput(output));
   const sink: LogSink = existsSync(script)
-    ? new TransportSink(pino.transport({ target: script, options: output }))
-    : new InThreadSink(buildLogOutput(output));
+    ? new TransportSink(pino.transport({ target: script, options: output }), inThread)
+    : inThread();
   const logger = pino(
     { level: opts.level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.epochTime },
     sink,
