@@ -1,7 +1,7 @@
 /**
  * Benchmark runner:
  *
- *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing|state ...] [--quick] [--profile]
+ *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing|mesh-rate-limit|hostile-input|state|logging ...] [--quick] [--profile]
  *
  * Runs the named benchmarks (default: all, in that order). Each writes its JSON to
  * bench/results/<name>.json and prints it to stdout followed by one `SUMMARY <name>: …` line.
@@ -10,6 +10,7 @@
 import { runCacheAwareBench } from './cache-aware.js';
 import { runHostileInputBench } from './hostile-input.js';
 import { log, writeResult, type BenchOptions, type BenchOutcome } from './common.js';
+import { runLoggingBench } from './logging.js';
 import { runMeshBench } from './mesh.js';
 import { runMeshRoutingBench } from './mesh-routing.js';
 import { runMeshRateLimitBench } from './mesh-rate-limit.js';
@@ -30,6 +31,7 @@ const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> 
   'mesh-rate-limit': runMeshRateLimitBench,
   'hostile-input': runHostileInputBench,
   state: runStateBench,
+  logging: runLoggingBench,
 };
 
 const USAGE = `usage: node dist/bench/run.js [${Object.keys(BENCHMARKS).join('|')} ...] [--quick] [--profile]

@@ -297,6 +297,12 @@ const MESH_FLAGS: [string, string[], (c: Config) => unknown, unknown][] = [
   ['mesh-node-name', ['--mesh-node-name', 'gw-1'], (c) => c.mesh.nodeName, 'gw-1'],
   ['data-dir', ['--data-dir', '/var/lib/smg'], (c) => c.mesh.dataDir, '/var/lib/smg'],
   ['mesh-cluster-key', ['--mesh-cluster-key', KEY_A, KEY_B], (c) => c.mesh.clusterKeys, [KEY_A, KEY_B]],
+  [
+    'mesh-cluster-key-file',
+    ['--mesh-cluster-key-file', file('cluster.keys', `# primary first\n${KEY_B}\n\n  ${KEY_A}  \n`)],
+    (c) => c.mesh.clusterKeys,
+    [KEY_B, KEY_A],
+  ],
   ['mesh-insecure', ['--mesh-insecure', '--mesh-host', '0.0.0.0'], (c) => c.mesh.host, '0.0.0.0'],
 ];
 
@@ -359,6 +365,40 @@ describe('mesh flags', () => {
     [['--mesh-advertise-host', '0.0.0.0'], /must be an address peers can reach/],
   ])('rejects %j', (argv, message) => {
     expect(() => parse(['--ha-mesh', ...argv])).toThrow(message);
+  });
+
+  it('reads the cluster keys from a key file, with clear errors that never show a key', () => {
+    const keys = file('one.key', `${KEY_A}\n`);
+    const viaFile = parse(['--ha-mesh', '--mesh-cluster-key-file', keys]).mesh;
+    expect(viaFile).toMatchObject({ clusterKeys: [KEY_A], host: '0.0.0.0' });
+    expect(parse(['--ha-mesh'], { SMG_MESH_CLUSTER_KEY_FILE: keys }).mesh.clusterKeys).toEqual([KEY_A]);
+    const error = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
+      try {
+        parse(['--ha-mesh', ...argv], env);
+      } catch (err) {
+        return (err as Error).message;
+      }
+      throw new Error('accepted');
+    };
+    expect(error(['--mesh-cluster-key-file', keys, '--mesh-cluster-key', KEY_B])).toMatch(
+      /--mesh-cluster-key-file: give the keys either in a file or with --mesh-cluster-key/,
+    );
+    expect(error(['--mesh-cluster-key-file', keys], { SMG_MESH_CLUSTER_KEY: KEY_B })).toMatch(/not both/);
+    expect(error(['--mesh-cluster-key-file', join(dir, 'missing.key')])).toMatch(
+      /--mesh-cluster-key-file: ".*missing\.key": ENOENT/,
+    );
+    const short = Buffer.alloc(16, 7).toString('base64');
+    const bad = error(['--mesh-cluster-key-file', file('bad.key', `# comment\n${KEY_A}\n${short}\n`)]);
+    expect(bad).toMatch(/bad\.key": line 3: cluster key must be 32 bytes, got 16/);
+    expect(bad).not.toContain(short);
+    expect(bad).not.toContain(KEY_A);
+    expect(error(['--mesh-cluster-key-file', file('empty.key', '# nothing here\n\n')])).toMatch(
+      /holds no key/,
+    );
+    expect(error(['--mesh-cluster-key-file', dir])).toMatch(/--mesh-cluster-key-file: .*EISDIR/);
+    expect(() => parse(['--mesh-cluster-key-file', keys])).toThrow(
+      /--mesh-cluster-key-file: needs --ha-mesh/,
+    );
   });
 
   it('mesh settings without --ha-mesh are an error, not ignored', () => {

@@ -8,6 +8,7 @@
  * line. This module owns parsing and validation only: it never opens sockets, never logs and never
  * exits the process; every problem is a thrown {@link ConfigError}.
  */
+import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { getHeapStatistics } from 'node:v8';
@@ -29,7 +30,7 @@ import {
   loadTenantRateLimitConfig,
   validateTenantRules,
 } from '../server/admission/index.js';
-import { parseClusterKey } from '../../mesh/swim/keyring.js';
+import { MAX_CLUSTER_KEY_FILE_BYTES, parseClusterKey, parseClusterKeyFile } from '../../mesh/swim/keyring.js';
 import { parseHostPort } from '../../mesh/swim/udp-transport.js';
 import type { Config, LogLevel, MeshConfig, PriorityClass } from './config-types.js';
 
@@ -535,6 +536,19 @@ const clusterKeys = z.preprocess(
     }),
 );
 
+/** --mesh-cluster-key-file: the keys from a file, so that none shows on a command line */
+const clusterKeyFile = text().transform((path, ctx) => {
+  try {
+    if (statSync(path).size > MAX_CLUSTER_KEY_FILE_BYTES)
+      throw new Error(`larger than ${MAX_CLUSTER_KEY_FILE_BYTES} bytes: not a key file`);
+    return parseClusterKeyFile(readFileSync(path, 'utf8'));
+  } catch (err) {
+    // the messages name the file and the line, never a key
+    ctx.addIssue({ code: 'custom', message: `${show(path)}: ${(err as Error).message}`, input: path });
+    return z.NEVER;
+  }
+});
+
 /** SWIM member names: printable, no ':' (SMG's rule), at most 64 bytes */
 const nodeName = z
   .string({ error: (iss) => `must be a non-empty string, got ${show(iss.input)}` })
@@ -656,6 +670,7 @@ export const LAUNCH_SHAPE = {
   'mesh-node-name': nodeName.optional(),
   'data-dir': text().optional(),
   'mesh-cluster-key': clusterKeys.optional(),
+  'mesh-cluster-key-file': clusterKeyFile.optional(),
   'mesh-insecure': bool().default(D['mesh-insecure']),
 };
 
@@ -699,8 +714,16 @@ export const LaunchSchema = z.object(LAUNCH_SHAPE).superRefine((v, ctx) => {
       message: `must differ from --port and --prometheus-port (got ${v['mesh-port']})`,
     });
   }
+  if (v['mesh-cluster-key-file'] !== undefined && (v['mesh-cluster-key'] ?? []).length > 0) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['mesh-cluster-key-file'],
+      message:
+        'give the keys either in a file or with --mesh-cluster-key (or SMG_MESH_CLUSTER_KEY), not both',
+    });
+  }
   if (v['ha-mesh']) {
-    const keyed = (v['mesh-cluster-key'] ?? []).length > 0;
+    const keyed = (v['mesh-cluster-key'] ?? []).length > 0 || (v['mesh-cluster-key-file'] ?? []).length > 0;
     const host = v['mesh-host'] ?? (keyed ? '0.0.0.0' : '127.0.0.1');
     if (!keyed && !v['mesh-insecure'] && !isLoopback(host)) {
       ctx.addIssue({
@@ -721,7 +744,13 @@ export const LaunchSchema = z.object(LAUNCH_SHAPE).superRefine((v, ctx) => {
     }
   } else {
     // the node name also names the data dir, so it is allowed alone
-    for (const flag of ['seeds', 'mesh-host', 'mesh-advertise-host', 'mesh-cluster-key'] as const) {
+    for (const flag of [
+      'seeds',
+      'mesh-host',
+      'mesh-advertise-host',
+      'mesh-cluster-key',
+      'mesh-cluster-key-file',
+    ] as const) {
       const val = v[flag];
       if (val !== undefined && !(Array.isArray(val) && val.length === 0))
         ctx.addIssue({ code: 'custom', path: [flag], message: 'needs --ha-mesh (or --enable-mesh)' });
@@ -1204,6 +1233,13 @@ export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
     defaultText: 'unset (env SMG_MESH_CLUSTER_KEY)',
     help: '32-byte key that encrypts the mesh; more keys are accepted during a rotation (primary first)',
   },
+  'mesh-cluster-key-file': {
+    group: MESH,
+    arity: 'value',
+    placeholder: 'PATH',
+    defaultText: 'unset (env SMG_MESH_CLUSTER_KEY_FILE)',
+    help: 'the cluster keys from a file (one base64 key per line, primary first; # comments), kept off the command line; not with --mesh-cluster-key',
+  },
   'mesh-insecure': {
     group: MESH,
     arity: 'switch',
@@ -1606,7 +1642,8 @@ export function parseLaunchArgs(argv: string[], env: NodeJS.ProcessEnv = process
 }
 
 function meshConfig(v: z.infer<typeof LaunchSchema>): MeshConfig {
-  const keys = v['mesh-cluster-key'] ?? [];
+  const flagKeys = v['mesh-cluster-key'] ?? [];
+  const keys = flagKeys.length > 0 ? flagKeys : (v['mesh-cluster-key-file'] ?? []);
   const nodeName = v['mesh-node-name'] ?? defaultNodeName(v.port);
   // every node keeps its state (workers added over the API, the prefix index) unless told not to
   const given = v['data-dir'];

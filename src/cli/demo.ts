@@ -1,7 +1,8 @@
 /**
  * `npm run demo` / `smg demo`: an HA mesh of three gateway peers on one machine, in front of mock
  * engines. One child process runs the engines; three more run `smg launch --ha-mesh`, joined through
- * each other's mesh ports with a cluster key made for this run. The engines are registered on the
+ * each other's mesh ports with a cluster key made for this run, passed in their environment
+ * (SMG_MESH_CLUSTER_KEY), never on a command line that `ps` shows. The engines are registered on the
  * first peer only: the other two learn them through the replicated registry. Prints the commands to
  * try; Ctrl-C (or SIGTERM) stops everything.
  *
@@ -124,8 +125,10 @@ export interface DemoPeer {
   meshPort: number;
   prometheusPort: number;
   dataDir: string;
-  /** arguments of `smg launch` */
+  /** arguments of `smg launch` (no secrets: `ps` shows them) */
   args: string[];
+  /** environment for `smg launch`: the cluster key */
+  env: Record<string, string>;
 }
 
 /** The three peers: their ports, data dirs and `smg launch` arguments. Pure; nothing is started. */
@@ -150,8 +153,6 @@ export function planDemoPeers(o: {
     const dataDir = join(o.dataRoot, name);
     const args = [
       '--ha-mesh',
-      '--mesh-cluster-key',
-      o.clusterKey,
       '--mesh-host',
       '127.0.0.1',
       '--mesh-port',
@@ -180,7 +181,17 @@ export function planDemoPeers(o: {
     ];
     // the workers are registered on the first peer only; the registry replicates them to the others
     if (i === 0 && o.workerUrls.length > 0) args.push('--worker-urls', ...o.workerUrls);
-    return { name, url: `http://${urlHost(host)}:${port}`, port, meshPort, prometheusPort, dataDir, args };
+    const env = { SMG_MESH_CLUSTER_KEY: o.clusterKey };
+    return {
+      name,
+      url: `http://${urlHost(host)}:${port}`,
+      port,
+      meshPort,
+      prometheusPort,
+      dataDir,
+      args,
+      env,
+    };
   });
 }
 
@@ -248,8 +259,16 @@ function childEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-function startProc(name: string, args: string[], onLine?: (line: string) => void): Proc {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv() });
+function startProc(
+  name: string,
+  args: string[],
+  onLine?: (line: string) => void,
+  env: Record<string, string> = {},
+): Proc {
+  const child = spawn(process.execPath, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...childEnv(), ...env },
+  });
   const proc: Proc = { name, child, tail: [], echo: false, closed: Promise.resolve() };
   const read = (stream: NodeJS.ReadableStream | null) => {
     let partial = '';
@@ -513,10 +532,15 @@ export async function runDemo(argv: string[]): Promise<void> {
     await waitForEngines(engineProc, () => listening);
     watch(engineProc);
     for (const peer of peers) {
-      const proc = startProc(peer.name, [entry, 'launch', ...peer.args], (line) => {
-        if (!proc.echo || stopping || (polling && line.includes('/mesh/status'))) return;
-        process.stderr.write(`[${peer.name}] ${line}\n`);
-      });
+      const proc = startProc(
+        peer.name,
+        [entry, 'launch', ...peer.args],
+        (line) => {
+          if (!proc.echo || stopping || (polling && line.includes('/mesh/status'))) return;
+          process.stderr.write(`[${peer.name}] ${line}\n`);
+        },
+        peer.env,
+      );
       peerProcs.push(proc);
     }
     await Promise.all(peers.map((peer, i) => waitForHealth(peer, peerProcs[i])));

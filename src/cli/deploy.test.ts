@@ -434,6 +434,15 @@ describe('docker-compose.yml', () => {
     }
   });
 
+  it('passes the cluster key in the environment, never in a command line `ps` would show', () => {
+    const { services } = composeSetup();
+    for (const [name, svc] of services) {
+      const argv = argvOf(svc.command);
+      expect(argv.join(' '), name).not.toContain(TEST_KEY);
+      expect(argv, name).not.toContain('--mesh-cluster-key');
+    }
+  });
+
   it('names every peer after its service, and seeds every peer with all three', () => {
     const { configs } = composeSetup();
     const names = configs.map((c) => c.cfg.mesh.nodeName);
@@ -530,7 +539,9 @@ describe('demo', () => {
       workerUrls: registered,
     });
     expect(peers).toHaveLength(DEMO_PEERS);
-    const cfgs = peers.map((p) => parseLaunchArgs(p.args, {}));
+    // the key travels in the environment: `ps` shows the arguments
+    for (const p of peers) expect(p.args.join(' ')).not.toContain(key);
+    const cfgs = peers.map((p) => parseLaunchArgs(p.args, p.env));
     expect(cfgs.map((c) => c.port)).toEqual([30000, 30010, 30020]);
     expect(cfgs.map((c) => c.mesh.port)).toEqual([30001, 30011, 30021]);
     expect(cfgs.map((c) => c.prometheusPort)).toEqual([29000, 29010, 29020]);
@@ -564,7 +575,7 @@ describe('demo', () => {
       [40020, 40021, 39020],
     ]);
     expect(demoEngineUrls(40000)[0]).toBe('http://127.0.0.1:41001');
-    for (const p of peers) expect(() => parseLaunchArgs(p.args, {})).not.toThrow();
+    for (const p of peers) expect(() => parseLaunchArgs(p.args, p.env)).not.toThrow();
   });
 
   it('binds the peers where --host says, and prints addresses a local client reaches', () => {

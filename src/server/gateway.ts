@@ -39,6 +39,7 @@ import {
   type NodeState,
 } from '../../store/persistence.js';
 import { modelPolicyReader } from './policy-params.js';
+import { resealWorkerKeys, watchWorkerKeys, workerKeySealer } from '../workers/worker-keys.js';
 
 const LOAD_AWARE: ReadonlySet<string> = new Set<PolicyName>(['power_of_two', 'least_load']);
 
@@ -97,15 +98,30 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
       : undefined;
   const nodeId = state?.nodeId ?? opts.nodeId ?? `${os.hostname()}-${randomBytes(3).toString('hex')}`;
   const metrics = new Metrics(cfg.prometheusDurationBuckets ?? SMG_DURATION_BUCKETS);
+  // worker api_keys are sealed in the registry with the cluster key (else a key of this node)
+  let sealer;
+  try {
+    sealer = workerKeySealer({
+      clusterKeys: cfg.mesh.clusterKeys,
+      ...(state && { dataDir: cfg.mesh.dataDir }),
+      logger,
+    });
+  } catch (err) {
+    state?.store.close();
+    throw err;
+  }
   const replica = new Replica({
     nodeId,
     // specs from peers and from disk pass the same schema as the admin API's
     workerSpecCheck: checkStoredWorkerSpec,
+    sealer,
     cacheBlocksPerWorker: Math.max(1, Math.floor(cfg.policyParams.maxTreeSize / cfg.prefixBlockChars)),
     ...(state && { registryDoc: state.doc, hlcHighWater: state.hlcHighWater }),
   });
   // every registry change is committed to the store before it can be gossiped
   const stopPersist = state ? persistReplica(state.store, replica) : undefined;
+  resealWorkerKeys(replica, logger);
+  const stopKeyWatch = watchWorkerKeys(replica, logger);
   // the prefix-cache index and this node's rate-limit slots come back before anything routes
   const cacheBlocks = state ? restoreCacheIndex(state.store, replica) : 0;
   const rateSlots = state ? restoreRateSlots(state.store, replica) : 0;
@@ -311,6 +327,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
   } catch (err) {
     await mesh?.leave().catch(() => undefined);
     stopCachePersist?.();
+    stopKeyWatch();
     stopPersist?.();
     state?.store.close();
     clearInterval(maintenance);
@@ -364,6 +381,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
         await tracing?.shutdown().catch(() => undefined);
         await left;
         stopCachePersist?.();
+        stopKeyWatch();
         stopPersist?.();
         state?.store.close();
         logger.debug('gateway closed');

@@ -19,17 +19,36 @@
  * spec is replaced as a whole (like the `worker.upsert` event it stands for), and one scalar costs
  * fewer operations in the history than a character-level text object per field.
  *
- * Security: `api_key` is part of the WorkerSpec and therefore of the replicated document, its
- * history, every snapshot on disk and every sync message. Anyone who can read the mesh or a data
- * dir can read worker keys; this is why the mesh is encrypted with the cluster key and why the
- * HTTP API never returns `api_key`. A key replaced by an upsert stays readable in the history.
+ * Secrets: a spec's `api_key` is never stored as it is. The stored text carries `api_key_sealed`
+ * in its place (AES-256-GCM under a key derived from the cluster key, bound to the worker id; see
+ * secret-sealer.ts), so neither the document, its history, a snapshot on disk nor a gossip or sync
+ * message holds it in plaintext. The views open it again: readers see `api_key` as written. A node
+ * that cannot open a value (sealed under a key it lacks) shows the spec without `api_key`, reports
+ * it in `unreadableWorkerKeys()`, and keeps the sealed value when it rewrites that spec without a
+ * key of its own (it cannot know what it would be removing). Plaintext keys written by older
+ * versions still open; `resealWorkerKeys()` seals them, and re-seals values opened with a
+ * non-primary key after a rotation (the old plaintext or old sealing stays in the history).
  *
  * Owns: the document, its per-peer sync states, the derived views. Never: I/O, timers, imports
  * from outside src/state.
  */
 import { createHash } from 'node:crypto';
 import * as Automerge from '@automerge/automerge';
+import { processSealer, type SealFailure, type SecretSealer } from './secret-sealer.js';
 import type { WorkerSpec } from './worker.js';
+
+/** the stored field that replaces a spec's `api_key` */
+export const SEALED_API_KEY_FIELD = 'api_key_sealed';
+
+/** how a worker's key is held in the document, as seen by this node */
+type KeyState =
+  | { kind: 'sealed' }
+  /** opened with a non-primary key: due for re-sealing */
+  | { kind: 'rekey' }
+  /** stored in plaintext by an older version: due for sealing */
+  | { kind: 'plaintext' }
+  /** this node cannot open it; `sealed` is kept when the spec is rewritten without a key */
+  | { kind: 'unreadable'; reason: SealFailure; sealed: string | undefined };
 
 export type PolicyParam = number | string | boolean;
 
@@ -76,6 +95,8 @@ export class RegistryDocError extends Error {
 export interface RegistryDocOptions {
   /** clock for `ModelPolicy.updatedAt` */
   now?: () => number;
+  /** seals and opens worker keys; default: a random key per process (see secret-sealer.ts) */
+  sealer?: SecretSealer;
 }
 
 interface RootShape {
@@ -159,6 +180,9 @@ export class RegistryDoc {
   private readonly syncStates = new Map<string, SyncState>();
   private readonly listeners: RegistryDocListener[] = [];
   private readonly now: () => number;
+  private sealer: SecretSealer;
+  /** per live worker with a key: how its key is held */
+  private keyStates = new Map<string, KeyState>();
 
   /** raw stored text per live worker / policy / config key: the change detector of the views */
   private rawWorkers = new Map<string, string>();
@@ -176,6 +200,7 @@ export class RegistryDoc {
   private constructor(doc: Doc, opts: RegistryDocOptions) {
     this.doc = doc;
     this.now = opts.now ?? Date.now;
+    this.sealer = opts.sealer ?? processSealer();
     this.refresh();
   }
 
@@ -246,6 +271,17 @@ export class RegistryDoc {
     this.refresh();
   }
 
+  /**
+   * Seals and opens worker keys with `sealer` from now on (a document restored from the store gets
+   * the node's sealer before anything reads it); the views are rebuilt and listeners told what moved.
+   */
+  setSealer(sealer: SecretSealer): void {
+    this.sealer = sealer;
+    this.rawWorkers = new Map();
+    this.viewHeads = '';
+    this.refresh();
+  }
+
   // ---- local writes: each returns the new change bytes for the store and the outbox ----
 
   upsertWorker(id: string, spec: WorkerSpec): Uint8Array[] {
@@ -253,11 +289,16 @@ export class RegistryDoc {
     if (this.removedIds.has(id) || (Object.hasOwn(this.doc.removed, id) && this.doc.removed[id] === true)) {
       throw new RegistryDocError('worker_removed', `worker ${id} was removed; register it under a new id`);
     }
-    const text = JSON.stringify(spec);
+    const text = JSON.stringify(this.storedSpec(id, spec));
     // what the views would skip on every peer must not enter the replicated history
-    if (!parseSpec(text, this.specCheck))
-      throw new RegistryDocError('invalid_argument', 'worker spec does not pass validation');
-    if (ownScalar(this.doc.workers, id) === text) return [];
+    // (checked as every peer reads it: the key opened, then the full spec check)
+    const view = this.viewOf(id, text);
+    if (!view) throw new RegistryDocError('invalid_argument', 'worker spec does not pass validation');
+    // sealing is randomised: compare what readers see, and rewrite only to (re)seal a key
+    const cur = this.workerView.get(id);
+    const due = this.keyStates.get(id)?.kind;
+    if (cur && due !== 'plaintext' && due !== 'rekey' && canonicalJson(cur) === canonicalJson(view.spec))
+      return [];
     return this.write((d) => {
       d.workers[id] = new Automerge.ImmutableString(text);
     });
@@ -433,6 +474,38 @@ export class RegistryDoc {
     return this.configView;
   }
 
+  /** live workers whose key this node cannot open, and why (their views have no `api_key`) */
+  unreadableWorkerKeys(): ReadonlyMap<string, SealFailure> {
+    const out = new Map<string, SealFailure>();
+    for (const [id, st] of this.keyStates) if (st.kind === 'unreadable') out.set(id, st.reason);
+    return out;
+  }
+
+  /** live workers whose key is stored in plaintext (older versions) or sealed under a non-primary key */
+  workerKeysDue(): { plaintext: string[]; rekey: string[] } {
+    const plaintext: string[] = [];
+    const rekey: string[] = [];
+    for (const [id, st] of this.keyStates) {
+      if (st.kind === 'plaintext') plaintext.push(id);
+      else if (st.kind === 'rekey') rekey.push(id);
+    }
+    return { plaintext: plaintext.sort(), rekey: rekey.sort() };
+  }
+
+  /**
+   * Rewrites every spec of `workerKeysDue()` with its key sealed under the primary key. The views do
+   * not move (readers see the same spec). Earlier values stay in the history.
+   */
+  resealWorkerKeys(): Uint8Array[] {
+    const { plaintext, rekey } = this.workerKeysDue();
+    const out: Uint8Array[] = [];
+    for (const id of [...plaintext, ...rekey]) {
+      const spec = this.workerView.get(id);
+      if (spec && !this.removedIds.has(id)) out.push(...this.upsertWorker(id, spec));
+    }
+    return out;
+  }
+
   /**
    * Entries skipped because their stored value does not parse or fails the spec check (written by a
    * foreign, newer or older peer); listeners are told whenever this count changes.
@@ -447,6 +520,54 @@ export class RegistryDoc {
       const i = this.listeners.indexOf(listener);
       if (i >= 0) this.listeners.splice(i, 1);
     };
+  }
+
+  /** the spec as stored: `api_key` sealed in place, or the sealed value this node cannot open kept */
+  private storedSpec(id: string, spec: WorkerSpec): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(spec)) {
+      // a caller never supplies sealed text: it comes from this node's sealer only
+      if (k === SEALED_API_KEY_FIELD || v === undefined) continue;
+      if (k === 'api_key') {
+        if (typeof v !== 'string') throw new RegistryDocError('invalid_argument', 'api_key must be a string');
+        out[SEALED_API_KEY_FIELD] = this.sealer.seal(v, id);
+      } else out[k] = v;
+    }
+    const st = this.keyStates.get(id);
+    if (spec.api_key === undefined && st?.kind === 'unreadable' && st.sealed !== undefined)
+      out[SEALED_API_KEY_FIELD] = st.sealed;
+    return out;
+  }
+
+  /**
+   * The view of a stored spec: the sealed key opened in place of `api_key`, and how it was held.
+   * Undefined when the text is not a spec.
+   */
+  private viewOf(id: string, text: string): { spec: WorkerSpec; key: KeyState | undefined } | undefined {
+    const rec = parseSpecRecord(text);
+    if (!rec) return undefined;
+    const hasSealed = Object.hasOwn(rec, SEALED_API_KEY_FIELD);
+    let key: KeyState | undefined;
+    const view: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(rec)) {
+      if (k === SEALED_API_KEY_FIELD) {
+        const opened = typeof v === 'string' ? this.sealer.open(v, id) : { error: 'malformed' as const };
+        if ('error' in opened) {
+          key = { kind: 'unreadable', reason: opened.error, sealed: typeof v === 'string' ? v : undefined };
+        } else {
+          view.api_key = opened.value;
+          key = { kind: opened.primary ? 'sealed' : 'rekey' };
+        }
+      } else if (k === 'api_key') {
+        // a plaintext key from an older version; a sealed one beside it wins
+        if (hasSealed) continue;
+        view.api_key = v;
+        key = { kind: 'plaintext' };
+      } else view[k] = v;
+    }
+    // the full check sees the spec as readers do: the key opened, never the sealed text
+    const checked = this.specCheck(view);
+    return checked === undefined ? undefined : { spec: deepFreeze(checked), key };
   }
 
   private write(fn: (d: RootShape) => void): Uint8Array[] {
@@ -487,24 +608,36 @@ export class RegistryDoc {
     let invalid = 0;
     const rawWorkers = new Map<string, string>();
     const workerView = new Map<string, WorkerSpec>();
+    const keyStates = new Map<string, KeyState>();
     const upserted: string[] = [];
     for (const [id, v] of Object.entries(root.workers ?? {})) {
       if (removedIds.has(id)) continue;
       const text = scalarText(v);
-      const prevText = this.rawWorkers.get(id);
-      const spec =
-        text === undefined
-          ? undefined
-          : prevText === text
-            ? this.workerView.get(id)
-            : parseSpec(text, this.specCheck);
-      if (!spec || text === undefined) {
+      if (text === undefined) {
+        invalid++;
+        continue;
+      }
+      const prev = this.workerView.get(id);
+      if (this.rawWorkers.get(id) === text && prev) {
+        rawWorkers.set(id, text);
+        workerView.set(id, prev);
+        const key = this.keyStates.get(id);
+        if (key) keyStates.set(id, key);
+        continue;
+      }
+      const view = this.viewOf(id, text);
+      if (!view) {
         invalid++;
         continue;
       }
       rawWorkers.set(id, text);
-      workerView.set(id, spec);
-      if (prevText !== text) upserted.push(id);
+      if (view.key) keyStates.set(id, view.key);
+      // a key sealed again (another nonce or key) is no change for readers: keep their object
+      if (prev && canonicalJson(prev) === canonicalJson(view.spec)) workerView.set(id, prev);
+      else {
+        workerView.set(id, view.spec);
+        upserted.push(id);
+      }
     }
     // newly tombstoned ids (seen here or not: the Replica drops their cache and load entries too),
     // and ids that left the view some other way
@@ -545,6 +678,7 @@ export class RegistryDoc {
 
     this.rawWorkers = rawWorkers;
     this.workerView = workerView;
+    this.keyStates = keyStates;
     this.removedIds = removedIds;
     // a new entry left out changes no view, but listeners still hear of it (to count and report it)
     const invalidChanged = invalid !== this.invalid;
@@ -672,12 +806,18 @@ function hasSpecShape(v: unknown): WorkerSpec | undefined {
   return v as unknown as WorkerSpec;
 }
 
-function parseSpec(text: string, check: WorkerSpecCheck): WorkerSpec | undefined {
+function parseSpecRecord(text: string): Record<string, unknown> | undefined {
   const v = parseJson(text);
-  // the shape check first: a custom check then only sees objects with a url and a models list
-  if (hasSpecShape(v) === undefined) return undefined;
-  const spec = check(v);
-  return spec === undefined ? undefined : deepFreeze(spec);
+  return hasSpecShape(v) === undefined ? undefined : (v as Record<string, unknown>);
+}
+
+/** JSON with object keys sorted: equal for equal values whatever the order their keys were set in */
+function canonicalJson(v: unknown): string {
+  return JSON.stringify(v, (_k, val: unknown) =>
+    isRecord(val)
+      ? Object.fromEntries(Object.entries(val).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : val,
+  );
 }
 
 function parsePolicy(text: string): ModelPolicy | undefined {

@@ -19,6 +19,7 @@ import { LoadView } from './load-view.js';
 import { GLOBAL_RATE_WINDOW_MS, RateLimitUsage } from './rate-limit.js';
 import { RegistryDoc, actorIdFor, type RegistryDocDiff, type WorkerSpecCheck } from './registry-doc.js';
 import { WorkerRegistry } from './registry.js';
+import type { SecretSealer } from './secret-sealer.js';
 
 export type AppliedListener = (ev: StateEvent, changed: boolean) => void;
 
@@ -47,6 +48,8 @@ export interface ReplicaOptions {
    * a spec it refuses, from a peer or from disk, never reaches the routing registry.
    */
   workerSpecCheck?: WorkerSpecCheck;
+  /** seals worker keys in the registry document (given or fresh); default: a key of this process */
+  sealer?: SecretSealer;
 }
 
 export class Replica {
@@ -80,7 +83,9 @@ export class Replica {
     this.cache = new CacheIndex(opts.cacheBlocksPerWorker);
     this.rateLimits = new RateLimitUsage(opts.nodeId, { windowMs: opts.rateLimitWindowMs, now: opts.now });
     this.globalRate = new RateLimitUsage(opts.nodeId, { windowMs: GLOBAL_RATE_WINDOW_MS, now: opts.now });
-    this.doc = opts.registryDoc ?? RegistryDoc.create(actorIdFor(opts.nodeId, 0));
+    this.doc = opts.registryDoc ?? RegistryDoc.create(actorIdFor(opts.nodeId, 0), { sealer: opts.sealer });
+    // a restored document opens its keys with this node's sealer before anything reads it
+    if (opts.registryDoc && opts.sealer) opts.registryDoc.setSealer(opts.sealer);
     if (opts.workerSpecCheck) this.doc.setSpecCheck(opts.workerSpecCheck);
     this.doc.onChange((diff) => this.onDocChange(diff));
     this.refreshCacheEpochs();
