@@ -101,7 +101,16 @@ function result(over: Partial<ScenarioResult> = {}): ScenarioResult {
       ratio: 0.96,
       baseline: { turns: 10, sameWorker: 10, ratio: 1 },
     },
-    admission: 'not available',
+    admission: {
+      limitPerSecond: 10,
+      sent: 60,
+      admitted: 20,
+      rejected429: 40,
+      other: 0,
+      windows: [10, 10],
+      maxAdmitted: 10,
+      ratio: 1,
+    },
     failureSamples: [],
     ...over,
   };
@@ -113,13 +122,21 @@ describe('invariants', () => {
       .filter((c) => !c.ok)
       .map((c) => c.name);
 
-  it('all hold on a good run; over-admission is skipped when not available', () => {
+  it('all hold on a good run', () => {
     const checks = checkInvariants(result());
     expect(checks.every((c) => c.ok)).toBe(true);
-    expect(checks.find((c) => c.name === 'over_admission')).toMatchObject({ skipped: true });
-    const text = formatReport(result(), checks);
-    expect(text).toContain('[SKIP] over_admission');
     expect(JSON.parse(jsonLine(result(), checks).slice('CHAOS '.length))).toMatchObject({ ok: true });
+  });
+
+  it('over-admission fails, never skips, when its phase could not measure', () => {
+    const r = result({ admission: { error: 'POST /mesh/rate-limit: HTTP 503' } });
+    const checks = checkInvariants(r);
+    expect(checks.find((c) => c.name === 'over_admission')).toMatchObject({ ok: false });
+    expect(checks.some((c) => c.skipped)).toBe(false);
+    const text = formatReport(r, checks);
+    expect(text).toContain('[FAIL] over_admission');
+    expect(text).toContain('HTTP 503');
+    expect(JSON.parse(jsonLine(r, checks).slice('CHAOS '.length))).toMatchObject({ ok: false });
   });
 
   it('each one fails on its own bad measurement', () => {

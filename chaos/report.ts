@@ -180,7 +180,8 @@ export interface ScenarioResult {
   convergenceParts: { members: number; config: number; registry: number };
   convergenceTimeoutMs: number;
   routing: RoutingStats & { baseline: RoutingStats };
-  admission: AdmissionStats | 'not available' | 'not run';
+  /** the measurement, or why the phase could not measure (which fails the invariant) */
+  admission: AdmissionStats | { error: string };
   failureSamples: string[];
 }
 
@@ -241,13 +242,14 @@ export function checkInvariants(r: ScenarioResult): InvariantCheck[] {
           detail: `${r.routing.sameWorker}/${r.routing.turns} later turns on the previous engine; baseline before the fault ${fmtRatio(r.routing.baseline)}`,
         },
   );
-  if (typeof r.admission === 'string') {
+  if ('error' in r.admission) {
+    // a phase that could not measure proves nothing: the invariant fails, never skips
     checks.push({
       name: 'over_admission',
-      ok: true,
-      skipped: true,
-      value: r.admission,
+      ok: false,
+      value: null,
       threshold: `<= ${THRESHOLDS.overAdmission}`,
+      detail: `the admission phase failed: ${r.admission.error}`,
     });
   } else {
     checks.push({
@@ -290,7 +292,7 @@ export function formatReport(r: ScenarioResult, checks: InvariantCheck[]): strin
     `   convergence: ${r.convergenceMs === null ? `none within ${r.convergenceTimeoutMs} ms` : `${r.convergenceMs} ms`} ` +
       `(last disagreement after the heal: members ${r.convergenceParts.members} ms, config ${r.convergenceParts.config} ms, registry ${r.convergenceParts.registry} ms)`,
     `   routing: ${fmtRatio(r.routing)} of later turns on the previous engine (before the fault ${fmtRatio(r.routing.baseline)})`,
-    `   admission: ${typeof r.admission === 'string' ? r.admission : `max ${r.admission.maxAdmitted}/s admitted at a limit of ${r.admission.limitPerSecond}/s (x${round(r.admission.ratio, 3)}), windows ${r.admission.windows.join(',')}`}`,
+    `   admission: ${'error' in r.admission ? `failed: ${r.admission.error}` : `max ${r.admission.maxAdmitted}/s admitted at a limit of ${r.admission.limitPerSecond}/s (x${round(r.admission.ratio, 3)}), windows ${r.admission.windows.join(',')}`}`,
   ];
   for (const c of checks) {
     const state = c.skipped ? 'SKIP' : c.ok ? 'ok  ' : 'FAIL';

@@ -269,20 +269,17 @@ class AdminWriter {
   }
 }
 
-/** the cluster-wide rate limit phase; 'not available' when the endpoint answers 404 */
+/** the cluster-wide rate limit phase; throws when it cannot measure */
 async function admissionPhase(
   cluster: ChaosCluster,
   client: FailoverClient,
   ms: number,
   log: (m: string) => void,
-): Promise<AdmissionStats | 'not available'> {
+): Promise<AdmissionStats> {
   const live = cluster.liveIndexes();
   const url = cluster.peer(live[0]).url;
-  const probe = await getJson(`${url}/mesh/rate-limit`).catch(() => ({ status: 0, body: undefined }));
-  if (probe.status === 404) return 'not available';
   const limit = 20;
   const set = await postJson(`${url}/mesh/rate-limit`, { limit_per_second: limit });
-  if (set.status === 404) return 'not available';
   if (set.status >= 300)
     throw new Error(`POST /mesh/rate-limit: HTTP ${set.status} ${set.body.slice(0, 200)}`);
   // the limit must reach every live peer before the phase counts
@@ -583,12 +580,12 @@ export async function runScenario(
     }
     const lw = lostWrites(writer.writes, configs);
 
-    let admission: ScenarioResult['admission'] = 'not run';
+    let admission: ScenarioResult['admission'];
     try {
       admission = await admissionPhase(cluster, client, t.admissionMs, log);
     } catch (err) {
       log(`${name}: admission phase failed: ${describe(err)}`);
-      admission = 'not run';
+      admission = { error: describe(err) };
     }
 
     const turns = load.turns;
