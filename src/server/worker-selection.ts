@@ -19,17 +19,32 @@ export interface Selection {
 }
 
 export class WorkerSelection {
+  private refreshQueued = false;
+
   constructor(
     private readonly replica: Replica,
     private readonly policies: PolicyRegistry,
     private readonly cfg: Pick<Config, 'enableIgw' | 'modelAliases'>,
   ) {
     replica.onApplied((ev, changed) => {
-      if (changed && (ev.kind === 'worker.upsert' || ev.kind === 'worker.remove')) this.refreshPolicies();
+      if (changed && (ev.kind === 'worker.upsert' || ev.kind === 'worker.remove')) this.refreshSoon();
     });
     // a model's policy set cluster-wide (on any peer) replaces its instance here
     replica.onRegistryDiff((diff) => {
-      if (diff.policiesChanged) this.refreshPolicies();
+      if (diff.policiesChanged) this.refreshSoon();
+    });
+  }
+
+  /**
+   * Policies learn of worker-set changes once per tick: a burst (2,000 `--worker-urls`, a registry
+   * sync) costs one refresh, not one O(workers) refresh per worker. No request is routed in between.
+   */
+  private refreshSoon(): void {
+    if (this.refreshQueued) return;
+    this.refreshQueued = true;
+    queueMicrotask(() => {
+      this.refreshQueued = false;
+      this.refreshPolicies();
     });
   }
 
@@ -79,7 +94,11 @@ export class WorkerSelection {
 
   private refreshPolicies(): void {
     const reg = this.replica.registry;
-    for (const m of reg.models()) this.policies.workersChanged(m, reg.forModel(m));
-    this.policies.workersChanged('', reg.list());
+    // only models with a policy instance hold state to update (instances are created on first use),
+    // so a registration burst with no traffic yet never builds the registry's sorted lists
+    for (const { model } of this.policies.names()) {
+      if (model === '') this.policies.workersChanged('', reg.list());
+      else if (reg.hasModel(model)) this.policies.workersChanged(model, reg.forModel(model));
+    }
   }
 }

@@ -4,9 +4,10 @@
  * every local write returns the change bytes the store appends and the mesh gossips, and the
  * Automerge sync protocol repairs, per peer, whatever gossip missed.
  *
- * Routing never reads Automerge: after every change of the document this module rebuilds plain
+ * Routing never reads Automerge: after every change of the document this module updates plain
  * maps (`workers()`, `policies()`, `config()`) and tells `onChange` listeners what moved, so the
- * Replica can feed its WorkerRegistry.
+ * Replica can feed its WorkerRegistry. A change re-reads only the keys it touched (found with
+ * `Automerge.diff`), so registering N workers reads the document O(N) times, not O(N²).
  *
  * Stored shape (the root maps come from one deterministic genesis change shared by every peer, so
  * two nodes that start alone never create rival `workers` maps whose contents would shadow each
@@ -168,7 +169,10 @@ export class RegistryDoc {
   private policyView: ReadonlyMap<string, ModelPolicy> = new Map();
   private configView: ReadonlyMap<string, string> = new Map();
   private removedIds: ReadonlySet<string> = new Set();
-  private invalid = 0;
+  /** worker entries whose stored text does not parse */
+  private invalidWorkers = new Set<string>();
+  /** policy and config entries whose stored value does not parse */
+  private invalidOther = 0;
   private viewHeads = '';
 
   private constructor(doc: Doc, opts: RegistryDocOptions) {
@@ -299,6 +303,7 @@ export class RegistryDoc {
   applyChanges(changes: Uint8Array[]): { changed: boolean } {
     if (changes.length === 0) return { changed: false };
     validateChanges(changes);
+    const before = Automerge.getHeads(this.doc);
     try {
       [this.doc] = Automerge.applyChanges(this.doc, changes);
     } catch (err) {
@@ -307,7 +312,7 @@ export class RegistryDoc {
         cause: err,
       });
     }
-    return { changed: this.refresh() };
+    return { changed: this.refresh(before) };
   }
 
   /** the sync state kept for `peerId` (created on first use) */
@@ -338,6 +343,7 @@ export class RegistryDoc {
       });
     }
     const before = this.syncStateFor(peerId);
+    const heads = Automerge.getHeads(this.doc);
     try {
       const [doc, state] = Automerge.receiveSyncMessage(this.doc, before, msg);
       this.doc = doc;
@@ -350,7 +356,7 @@ export class RegistryDoc {
         cause: err,
       });
     }
-    return { changed: this.refresh() };
+    return { changed: this.refresh(heads) };
   }
 
   /** drops the sync session of a peer that left (a rejoin starts a new one) */
@@ -400,7 +406,7 @@ export class RegistryDoc {
 
   /** entries skipped because their stored value does not parse (written by a foreign or newer peer) */
   invalidEntries(): number {
-    return this.invalid;
+    return this.invalidWorkers.size + this.invalidOther;
   }
 
   onChange(listener: RegistryDocListener): () => void {
@@ -415,7 +421,7 @@ export class RegistryDoc {
     const before = Automerge.getHeads(this.doc);
     this.doc = Automerge.change(this.doc, { time: undefined }, fn);
     const changes = Automerge.getChangesSince(this.doc, before);
-    this.refresh();
+    this.refresh(before);
     return changes;
   }
 
@@ -436,83 +442,122 @@ export class RegistryDoc {
     this.refresh();
   }
 
-  /** rebuilds the views if the heads moved (and tells the listeners what changed); returns whether they moved */
-  private refresh(): boolean {
-    const headsKey = Automerge.getHeads(this.doc).join(',');
+  /**
+   * Brings the views up to date if the heads moved (and tells the listeners what changed); returns
+   * whether they moved. With `before` (the heads the views reflect), only the keys the change
+   * touched are re-read; otherwise (start, recovery) the whole document.
+   */
+  private refresh(before?: string[]): boolean {
+    const heads = Automerge.getHeads(this.doc);
+    const headsKey = heads.join(',');
     if (headsKey === this.viewHeads) return false;
+    const touched =
+      before !== undefined && before.join(',') === this.viewHeads
+        ? touchedKeys(Automerge.diff(this.doc, before, heads))
+        : undefined;
     this.viewHeads = headsKey;
     const root = this.doc;
 
-    const removedIds = new Set<string>();
-    for (const [id, v] of Object.entries(root.removed ?? {})) if (v === true) removedIds.add(id);
+    let removedIds = this.removedIds;
+    let ids: Iterable<string>;
+    if (touched) {
+      if (touched.removed.size > 0) {
+        const next = new Set(removedIds);
+        for (const id of touched.removed) {
+          if (root.removed?.[id] === true) next.add(id);
+          else next.delete(id);
+        }
+        removedIds = next;
+      }
+      ids = new Set([...touched.workers, ...touched.removed]);
+    } else {
+      const all = new Set<string>();
+      for (const [id, v] of Object.entries(root.removed ?? {})) if (v === true) all.add(id);
+      removedIds = all;
+      ids = new Set([...Object.keys(root.workers ?? {}), ...this.workerView.keys(), ...this.invalidWorkers]);
+    }
 
-    let invalid = 0;
-    const rawWorkers = new Map<string, string>();
-    const workerView = new Map<string, WorkerSpec>();
+    // workers: copy-on-write, as the views handed out are never mutated
+    const rawWorkers = new Map(this.rawWorkers);
+    const workerView = new Map(this.workerView);
+    const invalidWorkers = new Set(this.invalidWorkers);
     const upserted: string[] = [];
-    for (const [id, v] of Object.entries(root.workers ?? {})) {
-      if (removedIds.has(id)) continue;
-      const text = scalarText(v);
-      const prevText = this.rawWorkers.get(id);
-      const spec =
-        text === undefined ? undefined : prevText === text ? this.workerView.get(id) : parseSpec(text);
-      if (!spec || text === undefined) {
-        invalid++;
-        continue;
-      }
-      rawWorkers.set(id, text);
-      workerView.set(id, spec);
-      if (prevText !== text) upserted.push(id);
-    }
-    // newly tombstoned ids (seen here or not: the Replica drops their cache and load entries too),
-    // and ids that left the view some other way
     const removed: string[] = [];
-    for (const id of removedIds) if (!this.removedIds.has(id)) removed.push(id);
-    for (const id of this.workerView.keys()) if (!workerView.has(id) && !removedIds.has(id)) removed.push(id);
-
-    const rawPolicies = new Map<string, string>();
-    const policyView = new Map<string, ModelPolicy>();
-    for (const [model, v] of Object.entries(root.policies ?? {})) {
-      const text = scalarText(v);
-      const policy =
-        text === undefined
-          ? undefined
-          : this.rawPolicies.get(model) === text
-            ? this.policyView.get(model)
-            : parsePolicy(text);
-      if (!policy || text === undefined) {
-        invalid++;
-        continue;
+    for (const id of ids) {
+      const had = workerView.has(id);
+      rawWorkers.delete(id);
+      workerView.delete(id);
+      invalidWorkers.delete(id);
+      const v = removedIds.has(id) ? undefined : root.workers?.[id];
+      if (v !== undefined) {
+        const text = scalarText(v);
+        const prevText = this.rawWorkers.get(id);
+        const spec =
+          text === undefined ? undefined : prevText === text ? this.workerView.get(id) : parseSpec(text);
+        if (spec && text !== undefined) {
+          rawWorkers.set(id, text);
+          workerView.set(id, spec);
+          if (prevText !== text) upserted.push(id);
+          continue;
+        }
+        invalidWorkers.add(id);
       }
-      rawPolicies.set(model, text);
-      policyView.set(model, policy);
+      // ids that left the view some other way than a tombstone
+      if (had && !removedIds.has(id)) removed.push(id);
     }
+    // newly tombstoned ids (seen here or not: the Replica drops their cache and load entries too)
+    for (const id of touched ? touched.removed : removedIds)
+      if (removedIds.has(id) && !this.removedIds.has(id)) removed.push(id);
 
-    const rawConfig = new Map<string, string>();
-    for (const [key, v] of Object.entries(root.config ?? {})) {
-      const text = scalarText(v);
-      if (text === undefined) {
-        invalid++;
-        continue;
+    let policiesChanged = false;
+    let configChanged = false;
+    if (!touched || touched.other) {
+      let invalid = 0;
+      const rawPolicies = new Map<string, string>();
+      const policyView = new Map<string, ModelPolicy>();
+      for (const [model, v] of Object.entries(root.policies ?? {})) {
+        const text = scalarText(v);
+        const policy =
+          text === undefined
+            ? undefined
+            : this.rawPolicies.get(model) === text
+              ? this.policyView.get(model)
+              : parsePolicy(text);
+        if (!policy || text === undefined) {
+          invalid++;
+          continue;
+        }
+        rawPolicies.set(model, text);
+        policyView.set(model, policy);
       }
-      rawConfig.set(key, text);
-    }
 
-    const policiesChanged = !sameEntries(this.rawPolicies, rawPolicies);
-    const configChanged = !sameEntries(this.rawConfig, rawConfig);
+      const rawConfig = new Map<string, string>();
+      for (const [key, v] of Object.entries(root.config ?? {})) {
+        const text = scalarText(v);
+        if (text === undefined) {
+          invalid++;
+          continue;
+        }
+        rawConfig.set(key, text);
+      }
+
+      policiesChanged = !sameEntries(this.rawPolicies, rawPolicies);
+      configChanged = !sameEntries(this.rawConfig, rawConfig);
+      this.invalidOther = invalid;
+      if (policiesChanged) {
+        this.rawPolicies = rawPolicies;
+        this.policyView = policyView;
+      }
+      if (configChanged) {
+        this.rawConfig = rawConfig;
+        this.configView = new Map(rawConfig);
+      }
+    }
 
     this.rawWorkers = rawWorkers;
     this.workerView = workerView;
     this.removedIds = removedIds;
-    this.invalid = invalid;
-    if (policiesChanged) {
-      this.rawPolicies = rawPolicies;
-      this.policyView = policyView;
-    }
-    if (configChanged) {
-      this.rawConfig = rawConfig;
-      this.configView = new Map(rawConfig);
-    }
+    this.invalidWorkers = invalidWorkers;
 
     if (upserted.length > 0 || removed.length > 0 || policiesChanged || configChanged) {
       upserted.sort();
@@ -521,6 +566,25 @@ export class RegistryDoc {
     }
     return true;
   }
+}
+
+/**
+ * The keys of `workers` and `removed` a change touched, and whether it touched `policies` or
+ * `config`; undefined when it touched the root maps themselves (then the whole document is read).
+ */
+function touchedKeys(
+  patches: Automerge.Patch[],
+): { workers: Set<string>; removed: Set<string>; other: boolean } | undefined {
+  const out = { workers: new Set<string>(), removed: new Set<string>(), other: false };
+  for (const p of patches) {
+    const [map, key] = p.path;
+    if (typeof key !== 'string') return undefined;
+    if (map === 'workers') out.workers.add(key);
+    else if (map === 'removed') out.removed.add(key);
+    else if (map === 'policies' || map === 'config') out.other = true;
+    else return undefined;
+  }
+  return out;
 }
 
 function checkActor(actorHex: string): void {

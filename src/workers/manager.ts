@@ -215,7 +215,7 @@ export class WorkerManager {
    * smaller id and tombstones the other, so all converge on one worker per URL.
    */
   private dropDuplicate(id: string, spec: WorkerSpec): boolean {
-    const twins = this.o.replica.registry.list().filter((w) => w.url === spec.url && w.id !== id);
+    const twins = this.o.replica.registry.allByUrl(spec.url).filter((w) => w.id !== id);
     if (twins.length === 0) return false;
     const keep = [id, ...twins.map((w) => w.id)].sort()[0];
     for (const loser of [id, ...twins.map((w) => w.id)]) {
