@@ -7,8 +7,10 @@
  *   not_ready → ready     after s consecutive successes
  *   not_ready → failed    after 3·f consecutive failures
  *   failed is terminal; draining is left alone by probes.
- * Pending workers are probed every second (not every interval) so a worker becomes routable as
- * soon as it is healthy.
+ * A pending worker is probed a second after its first probe (not an interval later) so it becomes
+ * routable as soon as it is healthy; while it never answers, the WorkerManager backs off (doubling
+ * up to the interval) and counts the 10·f intervals in wall time from its first probe, passing the
+ * budget as 0 once they are over (see probe-scheduler.ts).
  */
 import type { WorkerStatus } from '../state/worker.js';
 

@@ -3,6 +3,10 @@
  * worker's /v1/models), health probing, engine-load polling, drain and removal. Every outcome is
  * an event applied to the Replica; routing only ever sees the Replica's views.
  *
+ * Probes run through one ProbeScheduler (≤ 128 in flight, one timer for the fleet): interval
+ * probes fall at a per-worker phase so a fleet's probes spread over the interval, and a worker that
+ * never answered is retried with exponential backoff up to the interval (see probe-scheduler.ts).
+ *
  * Owns: timers and I/O towards workers (probes, discovery, load polls). Never: routing decisions.
  */
 import { randomUUID } from 'node:crypto';
@@ -16,9 +20,13 @@ import type { Replica } from '../state/replica.js';
 import type { EngineLoad, WorkerSpec, WorkerStatus } from '../state/worker.js';
 import { initialHealth, nextHealth, type HealthState } from './health.js';
 import { parseEngineLoad } from './engine-load.js';
+import { ProbeScheduler, probeDelay, probePhase, type ProbeClock } from './probe-scheduler.js';
 import { splitWorkerUrl, type UpstreamPools } from './upstream.js';
 
-const PENDING_PROBE_MS = 1000;
+/** SMG's bound on concurrent health probes */
+export const MAX_PROBES_IN_FLIGHT = 128;
+/** a worker this node takes over (mesh duty) is probed within this window, spread by phase */
+const TAKEOVER_SPREAD_MS = 200;
 
 export interface JobStatus {
   state: 'running' | 'completed' | 'failed';
@@ -45,10 +53,13 @@ interface Runtime {
   /** this node's last published observation (what peers hold from it) */
   reported?: WorkerStatus;
   lastProbeAt: number;
+  /** when this node first probed the worker while pending (0: not yet): the pending budget runs from here */
+  pendingSince: number;
+  /** where in each interval this node probes the worker (see probeDelay) */
+  phase: number;
   /** the spec last seen in the registry (a change from any peer re-arms probes and polls) */
   spec: WorkerSpec;
   health: HealthState;
-  timer?: NodeJS.Timeout;
   loadTimer?: NodeJS.Timeout;
   job: JobStatus;
   modelsDiscovered: boolean;
@@ -67,6 +78,8 @@ export interface WorkerManagerOptions {
   loadMonitorIntervalSecs: number;
   /** whether engine loads must be polled (a load-aware policy is in use) */
   wantsEngineLoads: (spec: WorkerSpec) => boolean;
+  /** probe clock and timers (tests); default the system clock */
+  clock?: ProbeClock;
 }
 
 export class WorkerManager {
@@ -74,8 +87,17 @@ export class WorkerManager {
   private closed = false;
   private duty: ProbeDuty | undefined;
   private readonly dutyOffs: (() => void)[] = [];
+  private readonly probes: ProbeScheduler;
+  private readonly now: () => number;
 
   constructor(private readonly o: WorkerManagerOptions) {
+    this.probes = new ProbeScheduler({
+      run: (id) => this.probe(id),
+      maxInFlight: MAX_PROBES_IN_FLIGHT,
+      ...(o.clock && { clock: o.clock }),
+    });
+    const clock = o.clock;
+    this.now = clock ? () => clock.now() : Date.now;
     // the registry is replicated: workers registered, changed or removed on any peer arrive here
     o.replica.onApplied((ev, changed) => {
       if (!changed || this.closed) return;
@@ -104,13 +126,12 @@ export class WorkerManager {
       if (rt.stopped || rt.drainTimer || this.healthDisabled(rt.spec)) continue;
       const mine = this.duty ? this.duty.isProber(rt.id) : true;
       if (!mine) {
-        if (rt.timer) clearTimeout(rt.timer);
-        rt.timer = undefined;
-      } else if (!rt.timer && !rt.probing) {
+        this.probes.cancel(rt.id);
+      } else if (!this.probes.isScheduled(rt.id) && !rt.probing) {
         // continue from the fleet's verdict: a ready worker needs the failure threshold to go out
         const status = this.o.replica.registry.get(rt.id)?.status;
         if (status === 'ready' || status === 'not_ready') rt.health = initialHealth(status);
-        this.scheduleProbe(rt, Math.floor(Math.random() * 200));
+        this.scheduleProbe(rt, Math.floor(rt.phase * TAKEOVER_SPREAD_MS));
       }
     }
   }
@@ -119,8 +140,7 @@ export class WorkerManager {
     const rt = this.runtimes.get(id);
     if (!rt || rt.stopped || rt.drainTimer || rt.probing || this.healthDisabled(rt.spec)) return;
     if (this.duty && !this.duty.isProber(id)) return;
-    if (Date.now() - rt.lastProbeAt < MIN_HINTED_PROBE_GAP_MS) return;
-    if (rt.timer) clearTimeout(rt.timer);
+    if (this.now() - rt.lastProbeAt < MIN_HINTED_PROBE_GAP_MS) return;
     this.scheduleProbe(rt, 0);
   }
 
@@ -177,6 +197,8 @@ export class WorkerManager {
       probing: false,
       stopped: false,
       lastProbeAt: 0,
+      pendingSince: 0,
+      phase: probePhase(`${this.o.replica.nodeId}/${id}`),
     };
     this.runtimes.set(id, rt);
     const disabled = this.healthDisabled(spec);
@@ -294,6 +316,7 @@ export class WorkerManager {
   async close(): Promise<void> {
     this.closed = true;
     for (const off of this.dutyOffs.splice(0)) off();
+    this.probes.close();
     for (const rt of this.runtimes.values()) {
       this.stopTimers(rt);
       if (rt.drainTimer) clearTimeout(rt.drainTimer);
@@ -336,8 +359,7 @@ export class WorkerManager {
       wasDisabled !== isDisabled ||
       before.health.check_interval_secs !== after.health.check_interval_secs
     ) {
-      if (rt.timer) clearTimeout(rt.timer);
-      rt.timer = undefined;
+      this.probes.cancel(rt.id);
       if (isDisabled) this.setStatus(rt, 'ready');
       else this.scheduleProbe(rt, 0);
     }
@@ -351,9 +373,8 @@ export class WorkerManager {
   }
 
   private stopTimers(rt: Runtime): void {
-    if (rt.timer) clearTimeout(rt.timer);
+    this.probes.cancel(rt.id);
     if (rt.loadTimer) clearTimeout(rt.loadTimer);
-    rt.timer = undefined;
     rt.loadTimer = undefined;
   }
 
@@ -432,17 +453,18 @@ export class WorkerManager {
 
   private scheduleProbe(rt: Runtime, delayMs: number): void {
     if (rt.stopped || this.closed) return;
-    rt.timer = setTimeout(() => void this.probe(rt), delayMs);
-    rt.timer.unref();
+    this.probes.schedule(rt.id, delayMs);
   }
 
-  private async probe(rt: Runtime): Promise<void> {
-    rt.timer = undefined;
-    const view = this.o.replica.registry.get(rt.id);
-    if (!view || rt.stopped || rt.probing) return;
+  /** one probe, run by the scheduler (which never runs two of one worker at once) */
+  private async probe(id: string): Promise<void> {
+    const rt = this.runtimes.get(id);
+    const view = this.o.replica.registry.get(id);
+    if (!rt || !view || rt.stopped || rt.probing) return;
     if (this.duty && !this.duty.isProber(rt.id)) return; // another peer's duty now
     rt.probing = true;
-    rt.lastProbeAt = Date.now();
+    rt.lastProbeAt = this.now();
+    if (rt.pendingSince === 0) rt.pendingSince = rt.lastProbeAt;
     const spec = view.spec;
     const res = await this.get(spec, this.o.health.endpoint);
     rt.probing = false;
@@ -457,7 +479,10 @@ export class WorkerManager {
       failureThreshold: spec.health.failure_threshold ?? this.o.health.failureThreshold,
     };
     const intervalMs = 1000 * (spec.health.check_interval_secs ?? this.o.health.intervalSecs);
-    const budget = Math.max(1, Math.ceil((10 * t.failureThreshold * intervalMs) / PENDING_PROBE_MS));
+    // pending → failed after 10·f intervals of wall time from the first probe, however many probes
+    // the backoff fitted in: a budget of 0 fails this probe (unless it promotes), ∞ never does
+    const pendingFor = rt.lastProbeAt - rt.pendingSince;
+    const budget = pendingFor >= 10 * t.failureThreshold * intervalMs ? 0 : Number.POSITIVE_INFINITY;
     const before = rt.health.status;
     rt.health = nextHealth(rt.health, ok, t, budget);
     if (rt.health.status !== before) {
@@ -482,9 +507,16 @@ export class WorkerManager {
       if (this.o.health.removeUnhealthyWorkers) this.finishRemoval(rt.id);
       return;
     }
+    const pending = rt.health.status === 'pending';
     this.scheduleProbe(
       rt,
-      rt.health.status === 'pending' ? Math.min(PENDING_PROBE_MS, intervalMs) : intervalMs,
+      probeDelay({
+        now: this.now(),
+        intervalMs,
+        phase: rt.phase,
+        pending,
+        pendingFailures: pending ? rt.health.consecutiveFailures : 0,
+      }),
     );
   }
 
