@@ -6,6 +6,8 @@
  * Probes run through one ProbeScheduler (≤ 128 in flight, one timer for the fleet): interval
  * probes fall at a per-worker phase so a fleet's probes spread over the interval, and a worker that
  * never answered is retried with exponential backoff up to the interval (see probe-scheduler.ts).
+ * Model discovery and engine-load polls have a scheduler each, so 2,000 workers registered at once
+ * never open 2,000 sockets in one tick.
  *
  * Owns: timers and I/O towards workers (probes, discovery, load polls). Never: routing decisions.
  */
@@ -25,6 +27,10 @@ import { splitWorkerUrl, type UpstreamPools } from './upstream.js';
 
 /** SMG's bound on concurrent health probes */
 export const MAX_PROBES_IN_FLIGHT = 128;
+/** concurrent model discoveries (`GET /v1/models`, once per worker, a burst at start-up) */
+const MAX_DISCOVERIES_IN_FLIGHT = 32;
+/** concurrent engine-load polls (load-aware policies only) */
+const MAX_LOAD_POLLS_IN_FLIGHT = 64;
 /** a worker this node takes over (mesh duty) is probed within this window, spread by phase */
 const TAKEOVER_SPREAD_MS = 200;
 
@@ -60,7 +66,6 @@ interface Runtime {
   /** the spec last seen in the registry (a change from any peer re-arms probes and polls) */
   spec: WorkerSpec;
   health: HealthState;
-  loadTimer?: NodeJS.Timeout;
   job: JobStatus;
   modelsDiscovered: boolean;
   probing: boolean;
@@ -88,16 +93,29 @@ export class WorkerManager {
   private duty: ProbeDuty | undefined;
   private readonly dutyOffs: (() => void)[] = [];
   private readonly probes: ProbeScheduler;
+  private readonly discoveries: ProbeScheduler;
+  private readonly loadPolls: ProbeScheduler;
   private readonly now: () => number;
 
   constructor(private readonly o: WorkerManagerOptions) {
+    const clock = o.clock && { clock: o.clock };
     this.probes = new ProbeScheduler({
       run: (id) => this.probe(id),
       maxInFlight: MAX_PROBES_IN_FLIGHT,
-      ...(o.clock && { clock: o.clock }),
+      ...clock,
     });
-    const clock = o.clock;
-    this.now = clock ? () => clock.now() : Date.now;
+    this.discoveries = new ProbeScheduler({
+      run: (id) => this.discoverById(id),
+      maxInFlight: MAX_DISCOVERIES_IN_FLIGHT,
+      ...clock,
+    });
+    this.loadPolls = new ProbeScheduler({
+      run: (id) => this.pollLoad(id),
+      maxInFlight: MAX_LOAD_POLLS_IN_FLIGHT,
+      ...clock,
+    });
+    const c = o.clock;
+    this.now = c ? () => c.now() : Date.now;
     // the registry is replicated: workers registered, changed or removed on any peer arrive here
     o.replica.onApplied((ev, changed) => {
       if (!changed || this.closed) return;
@@ -206,12 +224,9 @@ export class WorkerManager {
     queueMicrotask(() => {
       if (rt.stopped) return;
       if (disabled) this.setStatus(rt, 'ready');
-      void this.discover(rt).finally(() => {
-        if (rt.stopped) return;
-        if (rt.job.state === 'running') rt.job = { state: 'completed', message: 'registered' };
-      });
+      this.discoveries.schedule(rt.id, 0);
       if (!disabled) this.scheduleProbe(rt, 0);
-      this.scheduleLoadPoll(rt);
+      this.scheduleLoadPoll(rt, 0);
     });
     return rt;
   }
@@ -317,6 +332,8 @@ export class WorkerManager {
     this.closed = true;
     for (const off of this.dutyOffs.splice(0)) off();
     this.probes.close();
+    this.discoveries.close();
+    this.loadPolls.close();
     for (const rt of this.runtimes.values()) {
       this.stopTimers(rt);
       if (rt.drainTimer) clearTimeout(rt.drainTimer);
@@ -365,17 +382,16 @@ export class WorkerManager {
     }
     if (after.models.length === 0) {
       rt.modelsDiscovered = false;
-      void this.discover(rt);
+      this.discoveries.schedule(rt.id, 0);
     }
-    if (rt.loadTimer) clearTimeout(rt.loadTimer);
-    rt.loadTimer = undefined;
-    this.scheduleLoadPoll(rt);
+    this.loadPolls.cancel(rt.id);
+    this.scheduleLoadPoll(rt, 0);
   }
 
   private stopTimers(rt: Runtime): void {
     this.probes.cancel(rt.id);
-    if (rt.loadTimer) clearTimeout(rt.loadTimer);
-    rt.loadTimer = undefined;
+    this.discoveries.cancel(rt.id);
+    this.loadPolls.cancel(rt.id);
   }
 
   private authHeaders(spec: WorkerSpec): Record<string, string> {
@@ -393,20 +409,34 @@ export class WorkerManager {
   ): Promise<{ status: number; body: string } | { error: string }> {
     const { origin, basePath } = splitWorkerUrl(spec.url);
     const timeout = this.timeoutMs(spec);
+    // a timer cleared on the answer, not AbortSignal.timeout: that one stays armed for the whole
+    // timeout and cost about as much CPU as the probe itself (thousands of probes a minute)
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(new Error(`no answer within ${timeout} ms`)), timeout);
     try {
       const res = await request(origin + basePath + path, {
-        dispatcher: this.o.pools.get(origin),
+        dispatcher: this.o.pools.control(),
         method: 'GET',
         headers: this.authHeaders(spec),
         headersTimeout: timeout,
         bodyTimeout: timeout,
-        signal: AbortSignal.timeout(timeout),
+        signal: abort.signal,
       });
       const body = await res.body.text();
       return { status: res.statusCode, body };
     } catch (err) {
       return { error: err instanceof Error ? err.message : String(err) };
+    } finally {
+      clearTimeout(timer);
     }
+  }
+
+  /** one discovery, run by its scheduler; the first one ends the registration job */
+  private async discoverById(id: string): Promise<void> {
+    const rt = this.runtimes.get(id);
+    if (!rt || rt.stopped) return;
+    await this.discover(rt);
+    if (!rt.stopped && rt.job.state === 'running') rt.job = { state: 'completed', message: 'registered' };
   }
 
   private async discover(rt: Runtime): Promise<void> {
@@ -498,7 +528,7 @@ export class WorkerManager {
         },
         'worker health changed',
       );
-      if (rt.health.status === 'ready' && !rt.modelsDiscovered) void this.discover(rt);
+      if (rt.health.status === 'ready' && !rt.modelsDiscovered) this.discoveries.schedule(rt.id, 0);
     } else if (rt.reported !== rt.health.status && rt.health.status !== 'pending') {
       // a prober taking over (or back) a worker: its observation replaces what peers hold from it
       this.setStatus(rt, rt.health.status);
@@ -520,17 +550,28 @@ export class WorkerManager {
     );
   }
 
-  private scheduleLoadPoll(rt: Runtime): void {
+  /** the next load poll in `delayMs`, or (undefined) one load interval on, at the worker's phase */
+  private scheduleLoadPoll(rt: Runtime, delayMs?: number): void {
     const view = this.o.replica.registry.get(rt.id);
     if (!view || rt.stopped || this.closed || !this.o.wantsEngineLoads(view.spec)) return;
     const secs = Math.max(1, view.spec.load_monitor_interval_secs ?? this.o.loadMonitorIntervalSecs);
-    rt.loadTimer = setTimeout(() => void this.pollLoad(rt), rt.loadTimer === undefined ? 0 : secs * 1000);
-    rt.loadTimer.unref();
+    this.loadPolls.schedule(
+      rt.id,
+      delayMs ??
+        probeDelay({
+          now: this.now(),
+          intervalMs: secs * 1000,
+          phase: rt.phase,
+          pending: false,
+          pendingFailures: 0,
+        }),
+    );
   }
 
-  private async pollLoad(rt: Runtime): Promise<void> {
-    const view = this.o.replica.registry.get(rt.id);
-    if (!view || rt.stopped) return;
+  private async pollLoad(id: string): Promise<void> {
+    const rt = this.runtimes.get(id);
+    const view = this.o.replica.registry.get(id);
+    if (!rt || !view || rt.stopped) return;
     let load: EngineLoad | undefined;
     if (view.routable) {
       const res = await this.get(view.spec, '/v1/loads?include=core,queues,memory');
@@ -543,8 +584,6 @@ export class WorkerManager {
     if (rt.stopped || this.closed) return;
     if (load)
       this.o.replica.apply({ kind: 'worker.engine_load', id: rt.id, load, hlc: this.o.replica.tick() });
-    const secs = Math.max(1, view.spec.load_monitor_interval_secs ?? this.o.loadMonitorIntervalSecs);
-    rt.loadTimer = setTimeout(() => void this.pollLoad(rt), secs * 1000);
-    rt.loadTimer.unref();
+    this.scheduleLoadPoll(rt);
   }
 }

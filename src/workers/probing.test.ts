@@ -67,7 +67,7 @@ function fleet(health: Partial<HealthConfig> = {}, urls: string[] = ['http://w1:
       .persist();
   }
   const pools = {
-    get: () => agent,
+    control: () => agent,
     authHeaders: () => ({}),
     close: async () => undefined,
   } as unknown as UpstreamPools;
