@@ -142,6 +142,34 @@ describe('local writes', () => {
     ]);
   });
 
+  it('upserts in bulk in as few changes as fit a gossip message each, all or nothing', () => {
+    const d = RegistryDoc.create(actor('n1'));
+    const diffs: RegistryDocDiff[] = [];
+    d.onChange((diff) => diffs.push(diff));
+    const batch = Array.from({ length: 1000 }, (_, i) => [`w${i}`, spec(`http://h${i}:8000`)] as const);
+    const changes = d.upsertWorkers(batch);
+    // ~1000 specs of ~240 B: a handful of changes, each under the 64 KiB a gossip message carries
+    expect(changes.length).toBeGreaterThan(1);
+    expect(changes.length).toBeLessThan(20);
+    for (const c of changes) expect(c.length).toBeLessThan(60 * 1024);
+    expect(d.workers().size).toBe(1000);
+    expect(diffs.flatMap((x) => x.upserted).sort()).toEqual(batch.map(([id]) => id).sort());
+    // a peer that applies the changes sees the same workers
+    const peer = RegistryDoc.create(actor('n2'));
+    peer.applyChanges(changes);
+    expect(snapshot(peer).workers).toEqual(snapshot(d).workers);
+    // unchanged specs write nothing; one removed id refuses the whole batch
+    expect(d.upsertWorkers(batch.slice(0, 10))).toEqual([]);
+    d.removeWorker('w5');
+    expect(() =>
+      d.upsertWorkers([
+        ['w1', spec('http://other:1')],
+        ['w5', spec('http://x:1')],
+      ]),
+    ).toThrow(RegistryDocError);
+    expect(d.workers().get('w1')?.url).toBe('http://h1:8000');
+  });
+
   it('keeps unchanged view objects across rebuilds and replaces the maps', () => {
     const d = RegistryDoc.create(actor('n1'));
     d.upsertWorker('w1', spec('http://a'));

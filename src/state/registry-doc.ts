@@ -89,6 +89,12 @@ interface RootShape {
 type Doc = Automerge.Doc<RootShape>;
 type SyncState = ReturnType<typeof Automerge.initSyncState>;
 
+/**
+ * Spec text per change when upserting in bulk: every change is gossiped as one message (at most
+ * 64 KiB), and a change takes about 1.2 times its specs' text.
+ */
+const MAX_BATCH_SPEC_BYTES = 32 * 1024;
+
 /** Bytes of the incarnation suffix of an actor id. */
 const INCARNATION_BYTES = 4;
 const MAX_NODE_ID_BYTES = 64;
@@ -162,7 +168,7 @@ export class RegistryDoc {
   private readonly now: () => number;
 
   /** raw stored text per live worker / policy / config key: the change detector of the views */
-  private rawWorkers = new Map<string, string>();
+  private readonly rawWorkers = new Map<string, string>();
   private rawPolicies = new Map<string, string>();
   private rawConfig = new Map<string, string>();
   private workerView: ReadonlyMap<string, WorkerSpec> = new Map();
@@ -170,7 +176,7 @@ export class RegistryDoc {
   private configView: ReadonlyMap<string, string> = new Map();
   private removedIds: ReadonlySet<string> = new Set();
   /** worker entries whose stored text does not parse */
-  private invalidWorkers = new Set<string>();
+  private readonly invalidWorkers = new Set<string>();
   /** policy and config entries whose stored value does not parse */
   private invalidOther = 0;
   private viewHeads = '';
@@ -237,6 +243,41 @@ export class RegistryDoc {
   // ---- local writes: each returns the new change bytes for the store and the outbox ----
 
   upsertWorker(id: string, spec: WorkerSpec): Uint8Array[] {
+    return this.upsertWorkers([[id, spec]]);
+  }
+
+  /**
+   * Several upserts in few changes (a registration burst: one Automerge change per ~32 KiB of specs
+   * instead of one per worker, each of which costs a copy of the whole `workers` map). Each change
+   * stays small enough to be gossiped as one message. All or nothing: one invalid entry throws
+   * before anything is written.
+   */
+  upsertWorkers(entries: readonly (readonly [string, WorkerSpec])[]): Uint8Array[] {
+    const texts: [string, string][] = [];
+    for (const [id, spec] of entries) {
+      const text = this.workerText(id, spec);
+      if (this.doc.workers[id]?.toString() !== text) texts.push([id, text]);
+    }
+    const changes: Uint8Array[] = [];
+    for (let i = 0; i < texts.length;) {
+      const part: [string, string][] = [];
+      for (let bytes = 0; i < texts.length; i++) {
+        const size = Buffer.byteLength(texts[i][1]);
+        if (part.length > 0 && bytes + size > MAX_BATCH_SPEC_BYTES) break;
+        part.push(texts[i]);
+        bytes += size;
+      }
+      changes.push(
+        ...this.write((d) => {
+          for (const [id, text] of part) d.workers[id] = new Automerge.ImmutableString(text);
+        }),
+      );
+    }
+    return changes;
+  }
+
+  /** the stored text of a worker's spec; throws when the id is removed or the spec unusable */
+  private workerText(id: string, spec: WorkerSpec): string {
     checkKey('worker id', id);
     if (this.removedIds.has(id) || this.doc.removed[id] === true) {
       throw new RegistryDocError('worker_removed', `worker ${id} was removed; register it under a new id`);
@@ -245,10 +286,7 @@ export class RegistryDoc {
     // what the views would skip on every peer must not enter the replicated history
     if (!parseSpec(text))
       throw new RegistryDocError('invalid_argument', 'worker spec needs a url and a models list');
-    if (this.doc.workers[id]?.toString() === text) return [];
-    return this.write((d) => {
-      d.workers[id] = new Automerge.ImmutableString(text);
-    });
+    return text;
   }
 
   removeWorker(id: string): Uint8Array[] {
@@ -477,21 +515,22 @@ export class RegistryDoc {
       ids = new Set([...Object.keys(root.workers ?? {}), ...this.workerView.keys(), ...this.invalidWorkers]);
     }
 
-    // workers: copy-on-write, as the views handed out are never mutated
-    const rawWorkers = new Map(this.rawWorkers);
+    // the worker view is copied (the maps handed out are never mutated); the raw texts and the
+    // invalid ids are private and updated in place
+    const rawWorkers = this.rawWorkers;
     const workerView = new Map(this.workerView);
-    const invalidWorkers = new Set(this.invalidWorkers);
+    const invalidWorkers = this.invalidWorkers;
     const upserted: string[] = [];
     const removed: string[] = [];
     for (const id of ids) {
       const had = workerView.has(id);
+      const prevText = rawWorkers.get(id);
       rawWorkers.delete(id);
       workerView.delete(id);
       invalidWorkers.delete(id);
       const v = removedIds.has(id) ? undefined : root.workers?.[id];
       if (v !== undefined) {
         const text = scalarText(v);
-        const prevText = this.rawWorkers.get(id);
         const spec =
           text === undefined ? undefined : prevText === text ? this.workerView.get(id) : parseSpec(text);
         if (spec && text !== undefined) {
@@ -554,10 +593,8 @@ export class RegistryDoc {
       }
     }
 
-    this.rawWorkers = rawWorkers;
     this.workerView = workerView;
     this.removedIds = removedIds;
-    this.invalidWorkers = invalidWorkers;
 
     if (upserted.length > 0 || removed.length > 0 || policiesChanged || configChanged) {
       upserted.sort();

@@ -95,6 +95,9 @@ export class WorkerManager {
   private readonly probes: ProbeScheduler;
   private readonly discoveries: ProbeScheduler;
   private readonly loadPolls: ProbeScheduler;
+  /** models and backend found by discoveries, written in one change per tick (writeDiscovered) */
+  private readonly discovered = new Map<string, { models: string[]; ownedBy?: string }>();
+  private discoveredFlushQueued = false;
   private readonly now: () => number;
 
   constructor(private readonly o: WorkerManagerOptions) {
@@ -202,6 +205,25 @@ export class WorkerManager {
     this.upsert(id, spec);
     this.o.logger.info({ worker_id: id, url: spec.url }, 'worker registered');
     return id;
+  }
+
+  /**
+   * Registers many workers in one registry write (`--worker-urls` at start-up: 2,000 workers are
+   * one Automerge change, not 2,000). URLs already registered, or repeated in `specs`, are skipped.
+   */
+  registerAll(specs: readonly WorkerSpec[]): string[] {
+    const batch: [string, WorkerSpec][] = [];
+    const urls = new Set<string>();
+    for (const spec of specs) {
+      if (urls.has(spec.url) || this.o.replica.registry.getByUrl(spec.url)) continue;
+      urls.add(spec.url);
+      batch.push([randomUUID(), spec]);
+    }
+    if (batch.length === 0) return [];
+    for (const [id, spec] of batch) this.start(id, spec);
+    this.o.replica.writeRegistry((d) => d.upsertWorkers(batch));
+    for (const [id, spec] of batch) this.o.logger.info({ worker_id: id, url: spec.url }, 'worker registered');
+    return batch.map(([id]) => id);
   }
 
   /** probing, discovery and load polls for a worker this node has no runtime for yet */
@@ -466,19 +488,37 @@ export class WorkerManager {
       return;
     }
     rt.modelsDiscovered = true;
-    const cur = this.o.replica.registry.get(rt.id);
-    if (cur) {
-      // SMG detects the backend from `owned_by` (sglang, vllm, …) when the spec does not name it
-      const runtime = cur.spec.runtime === 'unspecified' && ownedBy ? ownedBy : cur.spec.runtime;
-      const newModels = models.length > 0 && cur.spec.models.length === 0 ? models : cur.spec.models;
-      if (runtime !== cur.spec.runtime || newModels !== cur.spec.models) {
-        this.upsert(rt.id, { ...cur.spec, runtime, models: newModels });
-      }
+    this.discovered.set(rt.id, { models, ...(ownedBy !== undefined && { ownedBy }) });
+    if (!this.discoveredFlushQueued) {
+      this.discoveredFlushQueued = true;
+      setImmediate(() => this.writeDiscovered());
     }
     rt.job = {
       state: 'completed',
       message: models.length ? `discovered ${models.join(', ')}` : 'no models listed',
     };
+  }
+
+  /**
+   * Writes what the discoveries of the last tick found, in one registry change: at start-up
+   * hundreds of discoveries end within a few ticks, and each change costs a copy of the document's
+   * whole `workers` map. Applied to the spec as it is now (an admin write may have come meanwhile).
+   */
+  private writeDiscovered(): void {
+    this.discoveredFlushQueued = false;
+    if (this.closed) return;
+    const batch: [string, WorkerSpec][] = [];
+    for (const [id, found] of this.discovered) {
+      const cur = this.o.replica.registry.get(id);
+      if (!cur || this.o.replica.doc.isRemoved(id)) continue;
+      // SMG detects the backend from `owned_by` (sglang, vllm, …) when the spec does not name it
+      const runtime = cur.spec.runtime === 'unspecified' && found.ownedBy ? found.ownedBy : cur.spec.runtime;
+      const models = found.models.length > 0 && cur.spec.models.length === 0 ? found.models : cur.spec.models;
+      if (runtime !== cur.spec.runtime || models !== cur.spec.models)
+        batch.push([id, { ...cur.spec, runtime, models }]);
+    }
+    this.discovered.clear();
+    if (batch.length > 0) this.o.replica.writeRegistry((d) => d.upsertWorkers(batch));
   }
 
   private scheduleProbe(rt: Runtime, delayMs: number): void {
