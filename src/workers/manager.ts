@@ -33,6 +33,8 @@ const MAX_DISCOVERIES_IN_FLIGHT = 32;
 const MAX_LOAD_POLLS_IN_FLIGHT = 64;
 /** a worker this node takes over (mesh duty) is probed within this window, spread by phase */
 const TAKEOVER_SPREAD_MS = 200;
+/** probes due within this window share one wake-up (see ProbeSchedulerOptions.batchMs) */
+const PROBE_BATCH_MS = 1000;
 
 export interface JobStatus {
   state: 'running' | 'completed' | 'failed';
@@ -105,6 +107,7 @@ export class WorkerManager {
     this.probes = new ProbeScheduler({
       run: (id) => this.probe(id),
       maxInFlight: MAX_PROBES_IN_FLIGHT,
+      batchMs: PROBE_BATCH_MS,
       ...clock,
     });
     this.discoveries = new ProbeScheduler({
@@ -439,7 +442,9 @@ export class WorkerManager {
       const res = await request(origin + basePath + path, {
         dispatcher: this.o.pools.control(),
         method: 'GET',
-        headers: this.authHeaders(spec),
+        // the next call to this worker comes seconds later, past any engine's keep-alive: closing
+        // at once spares both sides an idle socket and its timer
+        headers: { ...this.authHeaders(spec), connection: 'close' },
         headersTimeout: timeout,
         bodyTimeout: timeout,
         signal: abort.signal,

@@ -79,6 +79,29 @@ describe('ProbeScheduler', () => {
     expect(h.clock.timersPending).toBe(1);
   });
 
+  it('with batchMs, one wake-up starts every probe due within that window', () => {
+    const clock = new ManualClock(0);
+    const started: [string, number][] = [];
+    const sched = new ProbeScheduler({
+      maxInFlight: 100,
+      batchMs: 1000,
+      clock: { now: clock.now, ...clock.timers },
+      run: async (id) => {
+        started.push([id, clock.now()]);
+      },
+    });
+    sched.schedule('a', 5000);
+    sched.schedule('b', 5600);
+    sched.schedule('c', 6200);
+    clock.advance(5000);
+    expect(started).toEqual([
+      ['a', 5000],
+      ['b', 5000],
+    ]);
+    clock.advance(1200);
+    expect(started.map(([id]) => id)).toEqual(['a', 'b', 'c']);
+  });
+
   it('keeps its heap bounded under constant rescheduling', () => {
     const h = harness(1);
     for (let round = 0; round < 50; round++)

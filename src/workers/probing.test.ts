@@ -184,7 +184,11 @@ describe('WorkerManager probing', () => {
     const second = urls.map((u) => (f.probes.get(u) ?? [])[1]);
     const windows = new Set(second.map((t) => Math.floor((t % INTERVAL_MS) / (INTERVAL_MS / 10))));
     expect(windows.size).toBeGreaterThanOrEqual(8);
-    for (const u of urls) near((f.probes.get(u) ?? [])[2] - second[urls.indexOf(u)], INTERVAL_MS);
+    // one interval apart, give or take the scheduler's batching of probes due within 1 s
+    for (const u of urls) {
+      const gap = (f.probes.get(u) ?? [])[2] - second[urls.indexOf(u)];
+      expect(Math.abs(gap - INTERVAL_MS)).toBeLessThanOrEqual(1000 + STEP_MS);
+    }
   });
 
   it('probes only the workers its duty assigns, takes over when the duty changes, and probes at once on a hint', async () => {
