@@ -206,6 +206,17 @@ export function procCpuSeconds(pid: number | undefined): number {
   return total;
 }
 
+/** a memory field of /proc/<pid>/status in kB (VmRSS: resident now, VmHWM: the peak); NaN if gone */
+export function procStatusKb(pid: number | undefined, field: 'VmRSS' | 'VmHWM'): number {
+  if (pid === undefined) return NaN;
+  try {
+    const m = new RegExp(`${field}:\\s+(\\d+)\\s+kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
 export interface CpuWindow {
   wallS: number;
   /** cores busy on the whole machine, averaged over the window (0..cpus) */

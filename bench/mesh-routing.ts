@@ -20,7 +20,6 @@
  *    topic and peer from the histogram buckets, max over peers (an upper bound of the event-to-all-
  *    peers p99); "not available" when the peers do not export it.
  */
-import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
 import { MeshCluster } from '../src/testing/mesh-cluster.js';
@@ -46,6 +45,7 @@ import {
   distribution,
   log,
   loadAvg,
+  procStatusKb,
   randomText,
   resultHeader,
   round,
@@ -144,16 +144,6 @@ async function scrape(node: Node): Promise<Sample[]> {
 const scrapeAll = (nodes: Node[]) => Promise.all(nodes.map(scrape));
 
 type RssSampler = ReturnType<typeof rssSampler>;
-
-function procStatusKb(pid: number | undefined, field: 'VmRSS' | 'VmHWM'): number {
-  if (pid === undefined) return NaN;
-  try {
-    const m = new RegExp(`${field}:\\s+(\\d+)\\s+kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) : NaN;
-  } catch {
-    return NaN;
-  }
-}
 
 /** samples every node's VmRSS periodically; `stop()` adds VmHWM (read while the processes live) */
 function rssSampler(nodes: Node[], everyMs: number) {

@@ -1,14 +1,16 @@
 /**
  * Benchmark runner:
  *
- *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing|mesh-rate-limit|scale ...] [--quick] [--profile]
+ *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing|mesh-rate-limit|hostile-input|state|logging|scale ...] [--quick] [--profile]
  *
  * Runs the named benchmarks (default: all, in that order). Each writes its JSON to
  * bench/results/<name>.json and prints it to stdout followed by one `SUMMARY <name>: …` line.
  * Progress goes to stderr. Exit code 1 if a benchmark failed (the others still run).
  */
 import { runCacheAwareBench } from './cache-aware.js';
+import { runHostileInputBench } from './hostile-input.js';
 import { log, writeResult, type BenchOptions, type BenchOutcome } from './common.js';
+import { runLoggingBench } from './logging.js';
 import { runMeshBench } from './mesh.js';
 import { runMeshRoutingBench } from './mesh-routing.js';
 import { runMeshRateLimitBench } from './mesh-rate-limit.js';
@@ -17,6 +19,7 @@ import { runProxyBench } from './proxy.js';
 import { runReliabilityBench } from './reliability.js';
 import { runRoutingBench } from './routing.js';
 import { runScaleBench } from './scale.js';
+import { runStateBench } from './state.js';
 import { stopAll } from '../src/testing/processes.js';
 
 const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> = {
@@ -27,6 +30,9 @@ const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> 
   mesh: runMeshBench,
   'mesh-routing': runMeshRoutingBench,
   'mesh-rate-limit': runMeshRateLimitBench,
+  'hostile-input': runHostileInputBench,
+  state: runStateBench,
+  logging: runLoggingBench,
   scale: runScaleBench,
 };
 

@@ -5,7 +5,7 @@
  * exists) cluster-wide over-admission are measured. See docs/chaos.md.
  */
 import { seededRandom } from '../bench/common.js';
-import { freePort, spawnSmg, startMockFleet, waitFor, type Proc } from '../src/testing/processes.js';
+import { freePorts, spawnSmg, startMockFleet, waitFor, type Proc } from '../src/testing/processes.js';
 import { NetnsNetwork, stopNetnsProcs } from './netns.js';
 import { ChaosCluster } from './cluster.js';
 import { ConversationLoad, FailoverClient, describe } from './client.js';
@@ -405,7 +405,7 @@ export async function startEngines(count = 4, netnsPeers = 0): Promise<RunContex
   netns.setup();
   try {
     const host = netns.hostIp;
-    const base = await freePort(host);
+    const [base] = await freePorts(count, host);
     const mocks = spawnSmg([
       'mock-worker',
       '--host',

@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import {
   existsSync,
   mkdtempSync,
@@ -7,7 +8,7 @@ import {
   truncateSync,
   writeFileSync,
 } from 'node:fs';
-import { hostname, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
@@ -17,7 +18,7 @@ import {
   STORE_APPLICATION_ID,
   STORE_FILE_NAME,
   STORE_SCHEMA_VERSION,
-  STORE_LOCK_NAME,
+  LEGACY_LOCK_NAME,
   StoreError,
   type StoredMember,
   type StoreLogger,
@@ -38,8 +39,18 @@ function dbFile(): string {
   return join(dir, STORE_FILE_NAME);
 }
 
-/** A second, independent connection: sees only what was committed to the file. */
+function connectionOf(store: NodeStore): Database.Database {
+  return (store as unknown as { db: Database.Database }).db;
+}
+
+/**
+ * What the file holds, committed writes only: through the open store's own connection (its lock
+ * admits no other; it writes only in the transactions of a flush, so it sees the same), else
+ * through a fresh read-only connection.
+ */
 function peek<T>(fn: (db: Database.Database) => T): T {
+  const live = open.find((s) => !(s as unknown as { closed: boolean }).closed);
+  if (live) return fn(connectionOf(live));
   const db = new Database(dbFile(), { readonly: true });
   try {
     return fn(db);
@@ -100,7 +111,7 @@ describe('NodeStore identity', () => {
     const first = openStore();
     const nodeId = first.identity().nodeId;
     expect(first.bumpIncarnation()).toBe(1);
-    // Committed already: a second connection sees it while the store is still open and unflushed.
+    // Committed already: in the file while the store is still open and unflushed.
     expect(peek((db) => db.prepare('SELECT incarnation FROM identity').pluck().get())).toBe(1);
     first.setLibp2pKey(bytes(1, 2, 3));
     first.close();
@@ -225,16 +236,41 @@ describe('NodeStore refuses files it does not own, and leaves them untouched', (
     store.close();
   });
 
-  it('a data dir in use by another live process, or already open in this one', () => {
+  it('a data dir already open in this process, or locked by another process, is refused at once', async () => {
     const store = openStore();
     expectStoreError(() => openStore(), /already open in this process/);
     store.close();
-    writeFileSync(join(dir, STORE_LOCK_NAME), `${process.ppid}\n${hostname()}\n`);
-    expectStoreError(() => openStore(), new RegExp(`in use by process ${process.ppid}`));
-    // A lock left by a process that is gone (kill -9) is taken over, and removed on close.
-    writeFileSync(join(dir, STORE_LOCK_NAME), `999999999\n${hostname()}\n`);
+    // another process takes the lock as the store does (exclusive locking mode, empty write)
+    const holder = spawn(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import Database from 'better-sqlite3';
+         const db = new Database(${JSON.stringify(dbFile())});
+         db.pragma('locking_mode = EXCLUSIVE');
+         db.exec('BEGIN EXCLUSIVE'); db.exec('COMMIT');
+         console.log('locked');
+         setInterval(() => undefined, 1000);`,
+      ],
+      { cwd: process.cwd(), stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const exited = new Promise<void>((r) => holder.once('exit', () => r()));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        holder.stdout.once('data', () => resolve());
+        holder.once('exit', (code) => reject(new Error(`lock holder exited with ${code}`)));
+      });
+      expectStoreError(() => openStore(), new RegExp(`data dir ${dir} is in use by another smg process`));
+    } finally {
+      holder.kill('SIGKILL');
+      await exited;
+    }
+    // the lock went with the process (kill -9); the PID file of older versions is cleared
+    writeFileSync(join(dir, LEGACY_LOCK_NAME), `${process.pid}\nsomewhere\n`);
     openStore().close();
-    expect(existsSync(join(dir, STORE_LOCK_NAME))).toBe(false);
+    expect(existsSync(join(dir, LEGACY_LOCK_NAME))).toBe(false);
+    expect(existsSync(`${dbFile()}-shm`)).toBe(false);
   });
 
   it('accepts an empty file as a fresh store', () => {
@@ -371,11 +407,8 @@ describe('NodeStore batching', () => {
     });
     open.push(store);
     await tick();
-    // Another connection holds the write lock, so our batch cannot commit.
-    const blocker = new Database(dbFile());
-    blocker.pragma('busy_timeout = 0');
-    (store as unknown as { db: Database.Database }).db.pragma('busy_timeout = 0');
-    blocker.exec('BEGIN IMMEDIATE');
+    // The connection refuses writes for a while, so our batch cannot commit.
+    connectionOf(store).pragma('query_only = ON');
     try {
       store.setKv('k', 'v');
       await tick();
@@ -386,8 +419,7 @@ describe('NodeStore batching', () => {
       expect(store.lastError()).toBeInstanceOf(StoreError);
       expect(store.stats()).toMatchObject({ failedTransactions: 2, droppedBatches: 1, queued: 0 });
     } finally {
-      blocker.exec('ROLLBACK');
-      blocker.close();
+      connectionOf(store).pragma('query_only = OFF');
     }
     // The store keeps working after a dropped batch.
     store.setKv('k2', 'v2');
@@ -398,14 +430,11 @@ describe('NodeStore batching', () => {
   it('recovers when the retry succeeds', async () => {
     const store = openStore();
     await tick();
-    const blocker = new Database(dbFile());
-    (store as unknown as { db: Database.Database }).db.pragma('busy_timeout = 0');
-    blocker.exec('BEGIN IMMEDIATE');
+    connectionOf(store).pragma('query_only = ON');
     store.appendDocChanges([bytes(1)]);
     await tick();
     expect(store.stats().failedTransactions).toBe(1);
-    blocker.exec('ROLLBACK');
-    blocker.close();
+    connectionOf(store).pragma('query_only = OFF');
     await new Promise((r) => setTimeout(r, 120)); // the retry timer
     expect(store.lastError()).toBeUndefined();
     expect(peek((db) => db.prepare('SELECT count(*) FROM doc_changes').pluck().get())).toBe(1);
@@ -461,6 +490,23 @@ describe('NodeStore cache index and rate-limit slots', () => {
     expect(store.loadCacheBlocks(2).map((r) => r.seen)).toEqual([40, 30]);
     store.pruneCacheBlocks(2);
     expect(store.loadCacheBlocks(10).map((r) => r.seen)).toEqual([40, 30]);
+  });
+
+  it('drops the blocks of flushed workers seen at or before the flush, in one statement', () => {
+    const store = openStore();
+    store.putCacheBlocks([
+      { model: 'm', worker: 'w1', hash: 1, parent: 0, seen: 10 },
+      { model: 'n', worker: 'w1', hash: 2, parent: 0, seen: 20 },
+      { model: 'm', worker: 'w1', hash: 3, parent: 1, seen: 30 },
+      { model: 'm', worker: 'w2', hash: 1, parent: 0, seen: 10 },
+      { model: 'm', worker: 'w3', hash: 1, parent: 0, seen: 10 },
+    ]);
+    store.dropCacheBlocks(['w1', 'w3'], 20);
+    expect(store.loadCacheBlocks(10).map((r) => [r.worker, r.hash])).toEqual([
+      ['w1', 3],
+      ['w2', 1],
+    ]);
+    expect(() => store.dropCacheBlocks(['w1'], 1.5)).toThrow(StoreError);
   });
 
   it('keeps the newest rows under any sequence of puts and prunes (property)', () => {

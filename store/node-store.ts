@@ -3,24 +3,16 @@
  *
  * Owns: node identity (node id, incarnation, HLC high-water mark, libp2p key), the registry
  * document's bytes (one snapshot + the incremental changes after it), the last known members, a
- * small key/value table, the bounded prefix-cache index and this node's own rate-limit slots.
+ * small key/value table, the bounded prefix-cache index and this node's own rate-limit slots; and
+ * the data dir's lock: SQLite's exclusive locking mode, held by the one connection for the life of
+ * the process, so one data dir is one running node.
  *
  * Must never: interpret the registry document (its bytes and heads are opaque here), sit on the
  * request path (every mutation is queued in memory and written in one transaction per tick),
  * throw from its timer, or silently reset a data file it does not recognise.
  */
 import { randomBytes } from 'node:crypto';
-import {
-  closeSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  readSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
-import { hostname } from 'node:os';
+import { closeSync, mkdirSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 
@@ -29,12 +21,17 @@ export const STORE_APPLICATION_ID = 0x534d4731;
 /** `PRAGMA user_version`: the schema this code writes. Older files are migrated, newer ones refused. */
 export const STORE_SCHEMA_VERSION = 2;
 export const STORE_FILE_NAME = 'state.db';
-/** Beside the database: `<pid>\n<hostname>\n` of the process that has it open. */
-export const STORE_LOCK_NAME = 'state.db.lock';
+/** The PID lock file of smg versions before the SQLite lock; removed when found (it locks nothing). */
+export const LEGACY_LOCK_NAME = 'state.db.lock';
 
 const SQLITE_HEADER = Buffer.from('SQLite format 3\0', 'latin1');
-const BUSY_TIMEOUT_MS = 5_000;
 const RETRY_DELAY_MS = 50;
+/**
+ * Attempts at the store's lock (each on a fresh connection, see `lockedConnection`), and the
+ * random pause between two: a starter that finds the lock held gives up within ~0.3 s.
+ */
+const LOCK_ATTEMPTS = 8;
+const LOCK_RETRY_MS = { min: 5, max: 40 };
 
 export class StoreError extends Error {
   readonly file: string;
@@ -121,6 +118,7 @@ type Op =
   | { kind: 'kv'; key: string; value: string }
   | { kind: 'cacheBlocks'; rows: CacheBlockRow[] }
   | { kind: 'pruneCacheBlocks'; maxRows: number }
+  | { kind: 'dropCacheBlocks'; workers: string; maxSeen: number }
   | { kind: 'rateSlots'; rows: RateSlotRow[] }
   | { kind: 'pruneRateSlots'; minWindow: number };
 
@@ -214,6 +212,15 @@ function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+function unreadable(file: string, err: unknown): StoreError {
+  return new StoreError(
+    file,
+    `store ${file} is unreadable (${describe(err)}); it may be corrupt: move it away to start this node fresh ` +
+      `(it will catch up from its peers) or restore it from a backup`,
+    { cause: err },
+  );
+}
+
 function requireInteger(file: string, what: string, value: number): void {
   if (!Number.isSafeInteger(value))
     throw new StoreError(file, `${what} must be a safe integer, got ${value}`);
@@ -242,59 +249,66 @@ function readHeader(file: string): Buffer | undefined {
 /** Files open in this process: a second open would give one node two writers. */
 const openInProcess = new Set<string>();
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
+function isBusy(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'));
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /**
- * Two processes on one data dir would be two writers with one identity (one Automerge actor
- * emitting conflicting changes). SQLite's own locks do not prevent that in WAL mode, so a lock
- * file names the owner. A lock left by a process that is gone (kill -9), by this process, or by
- * another host (a recreated container on the same volume) is stale and taken over.
+ * A connection that holds the database file's EXCLUSIVE lock for its whole life: two processes on
+ * one data dir would be two writers with one identity (one Automerge actor emitting conflicting
+ * changes). `locking_mode = EXCLUSIVE` is set before the first access, so SQLite never uses
+ * shared memory for the WAL (its index lives in heap memory, no `-shm`) and never releases the
+ * lock taken by the empty write transaction below. It is an OS advisory lock (POSIX `fcntl`):
+ * it goes away with the process, kill -9 included, and holds across containers that share a volume
+ * on one host. Nothing is written to the file.
+ *
+ * A connection that fails to get the lock keeps its shared lock in exclusive mode, so two starters
+ * racing through SHARED → EXCLUSIVE can both fail (never both succeed). Each attempt therefore runs
+ * on a fresh connection, closed at once on failure, and a starter retries a few times after a
+ * random pause before it reports the data dir in use: one of two simultaneous starters wins, and a
+ * starter facing a live owner gives up within a fraction of a second (no busy wait on the lock).
  */
-function acquireLock(file: string, lockFile: string): void {
-  if (openInProcess.has(file)) {
-    throw new StoreError(file, `store ${file} is already open in this process`);
-  }
-  const me = `${process.pid}\n${hostname()}\n`;
-  try {
-    writeFileSync(lockFile, me, { flag: 'wx' });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
-      throw new StoreError(file, `cannot create lock file ${lockFile}: ${describe(err)}`, { cause: err });
-    }
-    let owner = '';
+function lockedConnection(file: string, dir: string, fresh: boolean): Database.Database {
+  for (let attempt = 1; ; attempt++) {
+    let db: Database.Database;
     try {
-      owner = readFileSync(lockFile, 'utf8');
-    } catch {
-      // vanished or unreadable between the two calls: treat as stale
+      db = new Database(file);
+    } catch (err) {
+      throw new StoreError(file, `cannot open store ${file}: ${describe(err)}`, { cause: err });
     }
-    const [pidText, host] = owner.split('\n');
-    const pid = Number(pidText);
-    if (host === hostname() && Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) {
-      throw new StoreError(
-        file,
-        `store ${file} is in use by process ${pid} (see ${lockFile}); each smg process needs its own --data-dir`,
-      );
+    try {
+      db.pragma('busy_timeout = 0');
+      db.pragma('locking_mode = EXCLUSIVE');
+      // before the first transaction, which fixes the mode: lets close() hand freed pages (deleted
+      // doc changes, pruned cache rows) back to the file system, so the file stays bounded; set on
+      // a new file only (on an existing one the pragma would write to a file that may not be ours)
+      if (fresh) db.pragma('auto_vacuum = INCREMENTAL');
+      db.exec('BEGIN EXCLUSIVE');
+      db.exec('COMMIT');
+      return db;
+    } catch (err) {
+      db.close();
+      if (!isBusy(err)) throw err;
+      if (attempt >= LOCK_ATTEMPTS) {
+        throw new StoreError(
+          file,
+          `data dir ${dir} is in use by another smg process (it holds the lock on ${file}); ` +
+            `each smg process needs its own --data-dir`,
+          { cause: err },
+        );
+      }
+      sleepSync(LOCK_RETRY_MS.min + Math.random() * (LOCK_RETRY_MS.max - LOCK_RETRY_MS.min));
     }
-    writeFileSync(lockFile, me);
   }
-  openInProcess.add(file);
-}
-
-function releaseLock(file: string, lockFile: string): void {
-  openInProcess.delete(file);
-  rmSync(lockFile, { force: true });
 }
 
 export class NodeStore {
   readonly file: string;
-  private readonly lockFile: string;
   private readonly db: Database.Database;
   private readonly now: () => number;
   private readonly logger: StoreLogger;
@@ -311,9 +325,8 @@ export class NodeStore {
   private readonly counters = { transactions: 0, opsWritten: 0, failedTransactions: 0, droppedBatches: 0 };
   private readonly stmts: ReturnType<NodeStore['prepare']>;
 
-  private constructor(file: string, lockFile: string, db: Database.Database, opts: NodeStoreOptions) {
+  private constructor(file: string, db: Database.Database, opts: NodeStoreOptions) {
     this.file = file;
-    this.lockFile = lockFile;
     this.db = db;
     this.now = opts.now ?? Date.now;
     this.logger = opts.logger ?? CONSOLE_LOGGER;
@@ -323,8 +336,9 @@ export class NodeStore {
   }
 
   /**
-   * Opens (or creates) `<dir>/state.db`. Throws StoreError, leaving the file untouched, when the
-   * file is not an smg store, is corrupt, was written by a newer smg, or belongs to another node.
+   * Opens (or creates) `<dir>/state.db` and holds its lock until `close()`. Throws StoreError,
+   * leaving the file untouched, when the file is not an smg store, is corrupt, was written by a
+   * newer smg, belongs to another node, or is open in another process (or already in this one).
    */
   static open(dir: string, opts: NodeStoreOptions): NodeStore {
     const absDir = resolve(dir);
@@ -333,19 +347,28 @@ export class NodeStore {
     try {
       mkdirSync(absDir, { recursive: true });
     } catch (err) {
-      throw new StoreError(file, `cannot create data dir ${absDir}: ${describe(err)}`, { cause: err });
+      throw new StoreError(
+        file,
+        `cannot create data dir ${absDir}: ${describe(err)}; point --data-dir at a writable directory, ` +
+          `or give --data-dir none to keep no state`,
+        { cause: err },
+      );
     }
-    const lockFile = join(absDir, STORE_LOCK_NAME);
-    acquireLock(file, lockFile);
+    if (openInProcess.has(file)) {
+      throw new StoreError(file, `store ${file} is already open in this process`);
+    }
+    openInProcess.add(file);
     try {
-      return NodeStore.openLocked(file, lockFile, opts);
+      const store = NodeStore.openLocked(file, absDir, opts);
+      rmSync(join(absDir, LEGACY_LOCK_NAME), { force: true });
+      return store;
     } catch (err) {
-      releaseLock(file, lockFile);
+      openInProcess.delete(file);
       throw err;
     }
   }
 
-  private static openLocked(file: string, lockFile: string, opts: NodeStoreOptions): NodeStore {
+  private static openLocked(file: string, dir: string, opts: NodeStoreOptions): NodeStore {
     const header = readHeader(file);
     if (header && header.length > 0 && !header.subarray(0, SQLITE_HEADER.length).equals(SQLITE_HEADER)) {
       throw new StoreError(
@@ -355,33 +378,23 @@ export class NodeStore {
     }
     let db: Database.Database;
     try {
-      db = new Database(file);
+      db = lockedConnection(file, dir, header === undefined || header.length === 0);
     } catch (err) {
-      throw new StoreError(file, `cannot open store ${file}: ${describe(err)}`, { cause: err });
+      if (err instanceof StoreError) throw err;
+      throw unreadable(file, err);
     }
     try {
-      db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
       NodeStore.checkFile(file, db);
-      // Only takes effect on a file not yet written to: lets close() hand freed pages (deleted doc
-      // changes, pruned cache rows) back to the file system, so the file stays bounded.
-      if ((db.pragma('user_version', { simple: true }) as number) === 0) {
-        db.pragma('auto_vacuum = INCREMENTAL');
-      }
       const mode = db.pragma('journal_mode = WAL', { simple: true });
       if (mode !== 'wal') throw new StoreError(file, `${file}: cannot enable WAL mode (got ${String(mode)})`);
       db.pragma('synchronous = NORMAL');
       db.pragma('foreign_keys = ON');
       NodeStore.migrate(db);
-      return new NodeStore(file, lockFile, db, opts);
+      return new NodeStore(file, db, opts);
     } catch (err) {
       db.close();
       if (err instanceof StoreError) throw err;
-      throw new StoreError(
-        file,
-        `store ${file} is unreadable (${describe(err)}); it may be corrupt: move it away to start this node fresh ` +
-          `(it will catch up from its peers) or restore it from a backup`,
-        { cause: err },
-      );
+      throw unreadable(file, err);
     }
   }
 
@@ -466,6 +479,9 @@ export class NodeStore {
         `INSERT INTO cache_blocks (model, worker, hash, parent, seen) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (model, worker, hash) DO UPDATE SET seen = max(seen, excluded.seen),
            parent = CASE WHEN parent = 0 THEN excluded.parent ELSE parent END`,
+      ),
+      dropCacheBlocks: db.prepare(
+        'DELETE FROM cache_blocks WHERE seen <= ? AND worker IN (SELECT value FROM json_each(?))',
       ),
       getCacheBlocks: db.prepare(
         'SELECT model, worker, hash, parent, seen FROM cache_blocks ORDER BY seen DESC, rowid DESC LIMIT ?',
@@ -660,6 +676,15 @@ export class NodeStore {
     this.enqueue({ kind: 'pruneCacheBlocks', maxRows: Math.max(0, maxRows) });
   }
 
+  /** Deletes the blocks of `workers` seen at or before `maxSeen` (their caches were flushed then). */
+  dropCacheBlocks(workers: readonly string[], maxSeen: number): void {
+    this.assertOpen();
+    requireInteger(this.file, 'cache block seen', maxSeen);
+    if (workers.length === 0) return;
+    // one statement (one scan) for every worker of a flush
+    this.enqueue({ kind: 'dropCacheBlocks', workers: JSON.stringify(workers), maxSeen });
+  }
+
   // ---- rate-limit slots ----
 
   /** Upserts this node's slots; counters only grow (G-counter slot), so each keeps its maximum. */
@@ -734,7 +759,7 @@ export class NodeStore {
       this.logger.warn({ err, file: this.file }, 'store: housekeeping failed on close');
     }
     this.db.close();
-    releaseLock(this.file, this.lockFile);
+    openInProcess.delete(this.file);
   }
 
   // ---- internals ----
@@ -876,6 +901,9 @@ export class NodeStore {
           break;
         case 'pruneCacheBlocks':
           s.pruneCacheBlocks.run(op.maxRows);
+          break;
+        case 'dropCacheBlocks':
+          s.dropCacheBlocks.run(op.maxSeen, op.workers);
           break;
         case 'rateSlots':
           for (const r of op.rows) s.upsertRateSlot.run(r.key, r.window, r.requests, r.tokens);

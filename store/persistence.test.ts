@@ -5,7 +5,14 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Replica } from '../src/state/replica.js';
 import { testWorkerSpec } from '../src/testing/worker-spec.js';
 import { NodeStore, StoreError } from './node-store.js';
-import { COMPACT_THRESHOLD, openNodeState, persistReplica } from './persistence.js';
+import { packHlc } from '../src/state/hlc.js';
+import {
+  COMPACT_THRESHOLD,
+  openNodeState,
+  persistCacheIndex,
+  persistReplica,
+  restoreCacheIndex,
+} from './persistence.js';
 
 const dirs: string[] = [];
 function dir(): string {
@@ -74,6 +81,52 @@ describe('node state on disk', () => {
     expect(b.replica.doc.config().get('k0')).toBe(other.doc.config().get('k0'));
     expect(b.replica.doc.heads()).toEqual(other.doc.heads());
     b.close();
+  });
+
+  it('a cache flush empties the stored prefix index of the worker; a restart does not bring it back', () => {
+    const d = dir();
+    const first = boot(d);
+    const stopCache = persistCacheIndex(first.st.store, first.replica);
+    for (const w of ['w1', 'w2'])
+      first.replica.writeRegistry((doc) => doc.upsertWorker(w, spec(`http://${w}:1`)));
+    const blocks = (worker: string, hashes: number[]) =>
+      first.replica.apply({
+        kind: 'cache.blocks',
+        model: 'm',
+        worker,
+        anchor: 0,
+        hashes,
+        seen: packHlc(first.replica.tick()),
+      });
+    blocks('w1', [1, 2, 3]);
+    blocks('w2', [4, 5]);
+    stopCache(); // writes the queued rows
+    const rows = () =>
+      first.st.store
+        .loadCacheBlocks(100)
+        .map((r) => `${r.worker}:${r.hash}`)
+        .sort();
+    expect(rows()).toEqual(['w1:1', 'w1:2', 'w1:3', 'w2:4', 'w2:5']);
+    const again = persistCacheIndex(first.st.store, first.replica);
+    blocks('w1', [6]); // queued, not yet written when the flush comes
+    first.replica.flushCacheIndex(['w1']);
+    blocks('w1', [7]); // after the flush: kept
+    again();
+    expect(rows()).toEqual(['w1:7', 'w2:4', 'w2:5']);
+    // rows a crash left behind (written before the flush reached the store) are dropped at restore
+    first.st.store.putCacheBlocks([{ model: 'm', worker: 'w1', hash: 9, parent: 0, seen: 1 }]);
+    first.close();
+    const second = boot(d);
+    expect(restoreCacheIndex(second.st.store, second.replica)).toBe(3);
+    expect(second.replica.cache.match('m', [1, 2, 3]).depths.get('w1')).toBeUndefined();
+    expect(second.replica.cache.match('m', [7]).depths.get('w1')).toBe(1);
+    expect(
+      second.st.store
+        .loadCacheBlocks(100)
+        .map((r) => `${r.worker}:${r.hash}`)
+        .sort(),
+    ).toEqual(['w1:7', 'w2:4', 'w2:5']);
+    second.close();
   });
 
   it('a corrupt file or another node’s file is a clear error and is left untouched', () => {

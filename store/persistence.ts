@@ -120,9 +120,26 @@ const CACHE_PRUNE_MS = 30_000;
  * answers. Blocks of workers no longer registered are skipped. Returns the blocks restored.
  */
 export function restoreCacheIndex(store: NodeStore, replica: Replica, maxRows = CACHE_ROWS_MAX): number {
-  const rows = store.loadCacheBlocks(maxRows).filter((r) => !replica.registry.isRemoved(r.worker));
+  // rows of flushed caches (a crash between the flush and the store's next tick) go first
+  dropFlushedRows(store, replica.cacheEpochs());
+  const rows = store
+    .loadCacheBlocks(maxRows)
+    .filter(
+      (r) => !replica.registry.isRemoved(r.worker) && r.seen > (replica.cacheEpochs().get(r.worker) ?? 0),
+    );
   for (const ev of chainsOf(rows)) replica.apply(ev);
   return rows.length;
+}
+
+/** deletes the stored blocks each worker's cache epoch voids: one statement per distinct epoch */
+function dropFlushedRows(store: NodeStore, epochs: ReadonlyMap<string, number>): void {
+  const byEpoch = new Map<number, string[]>();
+  for (const [worker, epoch] of epochs) {
+    const list = byEpoch.get(epoch);
+    if (list) list.push(worker);
+    else byEpoch.set(epoch, [worker]);
+  }
+  for (const [epoch, workers] of byEpoch) store.dropCacheBlocks(workers, epoch);
 }
 
 /**
@@ -141,6 +158,22 @@ export function persistCacheIndex(store: NodeStore, replica: Replica, maxRows = 
       if (cur.parent === 0) cur.parent = parent;
     }
   };
+  // a flush (here or on a peer) voids the worker's blocks up to its epoch, queued ones included
+  const flushed = new Map<string, number>();
+  const offFlush = replica.onCacheFlushed((worker, epoch) => {
+    for (const [key, row] of pending) if (row.worker === worker && row.seen <= epoch) pending.delete(key);
+    flushed.set(worker, epoch);
+  });
+  const dropFlushed = (): void => {
+    if (flushed.size === 0) return;
+    const epochs = new Map(flushed);
+    flushed.clear();
+    try {
+      dropFlushedRows(store, epochs);
+    } catch {
+      // a closed or failing store: restore filters by the epochs in the registry anyway
+    }
+  };
   const off = replica.onApplied((ev, changed) => {
     if (ev.kind !== 'cache.blocks' || !changed) return;
     if (ev.anchor > 0) put(ev.model, ev.worker, ev.anchor, 0, ev.seen);
@@ -151,6 +184,7 @@ export function persistCacheIndex(store: NodeStore, replica: Replica, maxRows = 
     }
   });
   const flush = (): void => {
+    dropFlushed();
     if (pending.size === 0) return;
     const rows = [...pending.values()];
     pending = new Map();
@@ -172,6 +206,7 @@ export function persistCacheIndex(store: NodeStore, replica: Replica, maxRows = 
   pruneTimer.unref();
   return () => {
     off();
+    offFlush();
     clearInterval(flushTimer);
     clearInterval(pruneTimer);
     flush();

@@ -72,6 +72,38 @@ export function parseClusterKey(b64: string): Buffer {
   return key;
 }
 
+/** a key file is a handful of lines; anything larger is not one */
+export const MAX_CLUSTER_KEY_FILE_BYTES = 64 * 1024;
+
+/**
+ * The text of a cluster key file (`--mesh-cluster-key-file`): one base64 key per line, primary
+ * first; blank lines and lines starting with `#` are skipped. Returns the keys' base64 text.
+ * Throws a ClusterKeyError naming the first bad line by number, never by its content.
+ */
+export function parseClusterKeyFile(text: string): string[] {
+  if (text.length > MAX_CLUSTER_KEY_FILE_BYTES) {
+    throw new ClusterKeyError(`larger than ${MAX_CLUSTER_KEY_FILE_BYTES} bytes: not a key file`);
+  }
+  const keys: string[] = [];
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i].trim();
+    if (line === '' || line.startsWith('#')) continue;
+    try {
+      parseClusterKey(line);
+    } catch (err) {
+      throw new ClusterKeyError(`line ${i + 1}: ${(err as Error).message}`);
+    }
+    keys.push(line);
+  }
+  if (keys.length === 0) {
+    throw new ClusterKeyError(
+      'holds no key (one base64 key per line, primary first; generate one with `openssl rand -base64 32`)',
+    );
+  }
+  return keys;
+}
+
 /** a fresh random cluster key in base64 (for the demo and for operators) */
 export function generateClusterKey(): string {
   return randomBytes(CLUSTER_KEY_BYTES).toString('base64');

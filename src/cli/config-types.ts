@@ -10,7 +10,7 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export interface HealthConfig {
   /** --health-failure-threshold (3): Ready → NotReady after this many consecutive failures */
   failureThreshold: number;
-  /** --health-success-threshold (2): Pending/NotReady → Ready after this many consecutive successes */
+  /** --health-success-threshold (2): NotReady → Ready after this many consecutive successes (a new worker: its first) */
   successThreshold: number;
   /** --health-check-timeout-secs (5) */
   timeoutSecs: number;
@@ -33,6 +33,14 @@ export interface Config {
   healthCheckPort?: number;
   workerUrls: string[];
   maxPayloadSize: number;
+  /** the whole request body must arrive within this time (408 otherwise) */
+  bodyReadTimeoutSecs: number;
+  /** request bodies held by the process at once, bytes (503 + Retry-After past it) */
+  maxBufferedRequestBytes: number;
+  /** idle keep-alive connections are closed after this */
+  keepAliveTimeoutSecs: number;
+  /** a request's headers must arrive within this time (408 otherwise) */
+  headersTimeoutSecs: number;
   requestTimeoutSecs: number;
   shutdownGracePeriodSecs: number;
   corsAllowedOrigins: string[];
@@ -79,9 +87,9 @@ export interface MeshConfig {
   advertiseHost?: string;
   /** --mesh-port (30001): UDP for SWIM, TCP for libp2p */
   port: number;
-  /** --mesh-node-name (alias --mesh-server-name): default <hostname>-<mesh-port> */
+  /** --mesh-node-name (alias --mesh-server-name): default <hostname>-<port> (the API port) */
   nodeName: string;
-  /** --data-dir: default ./.smg/<node-name> when the mesh is on */
+  /** --data-dir: default ./.smg/<node-name>; undefined with `--data-dir none` (no state kept) */
   dataDir?: string;
   /** --mesh-cluster-key / SMG_MESH_CLUSTER_KEY: base64, primary first */
   clusterKeys: string[];

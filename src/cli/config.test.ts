@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { getHeapStatistics } from 'node:v8';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { POLICY_NAMES } from '../routing/types.js';
@@ -17,6 +18,12 @@ import type { Config } from './config-types.js';
 import { LAUNCH_HELP, TOP_HELP } from './help.js';
 
 /** parse with an empty environment, so the machine's SMG_* variables cannot leak in */
+const HOST_PART =
+  hostname()
+    .split('.')[0]
+    .replace(/[^A-Za-z0-9_-]/g, '-')
+    .slice(0, 50) || 'smg';
+const DEFAULT_NODE_NAME = `${HOST_PART}-30000`;
 const parse = (argv: string[], env: NodeJS.ProcessEnv = {}) => parseLaunchArgs(argv, env);
 
 function errorOf(argv: string[], env: NodeJS.ProcessEnv = {}): string {
@@ -43,6 +50,10 @@ const SMG_DEFAULTS: Config = {
   port: 30000,
   workerUrls: [],
   maxPayloadSize: 536870912,
+  bodyReadTimeoutSecs: 60,
+  maxBufferedRequestBytes: Math.floor(getHeapStatistics().heap_size_limit / 4),
+  keepAliveTimeoutSecs: 75,
+  headersTimeoutSecs: 60,
   requestTimeoutSecs: 1800,
   shutdownGracePeriodSecs: 180,
   corsAllowedOrigins: [],
@@ -124,12 +135,8 @@ const SMG_DEFAULTS: Config = {
     seeds: [],
     host: '127.0.0.1',
     port: 30001,
-    nodeName: `${
-      hostname()
-        .split('.')[0]
-        .replace(/[^A-Za-z0-9_-]/g, '-')
-        .slice(0, 50) || 'smg'
-    }-30001`,
+    nodeName: DEFAULT_NODE_NAME,
+    dataDir: join('.smg', DEFAULT_NODE_NAME),
     clusterKeys: [],
     insecure: false,
   },
@@ -170,6 +177,10 @@ const VALUE_FLAGS: [string, string, (c: Config) => unknown, unknown][] = [
   ['health-check-port', '30001', (c) => c.healthCheckPort, 30001],
   ['max-payload-size', '1024', (c) => c.maxPayloadSize, 1024],
   ['request-timeout-secs', '30', (c) => c.requestTimeoutSecs, 30],
+  ['body-read-timeout-secs', '5', (c) => c.bodyReadTimeoutSecs, 5],
+  ['max-buffered-request-bytes', '1048576', (c) => c.maxBufferedRequestBytes, 1048576],
+  ['keep-alive-timeout-secs', '10', (c) => c.keepAliveTimeoutSecs, 10],
+  ['headers-timeout-secs', '7', (c) => c.headersTimeoutSecs, 7],
   ['shutdown-grace-period-secs', '0', (c) => c.shutdownGracePeriodSecs, 0],
   ['policy', 'round_robin', (c) => c.policy, 'round_robin'],
   ['cache-threshold', '0.5', (c) => c.policyParams.cacheThreshold, 0.5],
@@ -286,6 +297,12 @@ const MESH_FLAGS: [string, string[], (c: Config) => unknown, unknown][] = [
   ['mesh-node-name', ['--mesh-node-name', 'gw-1'], (c) => c.mesh.nodeName, 'gw-1'],
   ['data-dir', ['--data-dir', '/var/lib/smg'], (c) => c.mesh.dataDir, '/var/lib/smg'],
   ['mesh-cluster-key', ['--mesh-cluster-key', KEY_A, KEY_B], (c) => c.mesh.clusterKeys, [KEY_A, KEY_B]],
+  [
+    'mesh-cluster-key-file',
+    ['--mesh-cluster-key-file', file('cluster.keys', `# primary first\n${KEY_B}\n\n  ${KEY_A}  \n`)],
+    (c) => c.mesh.clusterKeys,
+    [KEY_B, KEY_A],
+  ],
   ['mesh-insecure', ['--mesh-insecure', '--mesh-host', '0.0.0.0'], (c) => c.mesh.host, '0.0.0.0'],
 ];
 
@@ -314,7 +331,25 @@ describe('mesh flags', () => {
     });
     expect(parse(['--ha-mesh', '--mesh-cluster-key', KEY_A]).mesh.host).toBe('0.0.0.0');
     expect(parse(['--ha-mesh'], { SMG_MESH_CLUSTER_KEY: KEY_A }).mesh.clusterKeys).toEqual([KEY_A]);
-    expect(parse([]).mesh.dataDir).toBeUndefined();
+  });
+
+  it('every node keeps its state under ./.smg/<hostname>-<port> unless --data-dir none', () => {
+    expect(parse([]).mesh).toMatchObject({
+      nodeName: DEFAULT_NODE_NAME,
+      dataDir: join('.smg', DEFAULT_NODE_NAME),
+    });
+    // two gateways in one directory on different ports: two data dirs, whatever their mesh ports
+    const other = parse(['--port', '30100', '--ha-mesh', '--mesh-port', '30101']).mesh;
+    expect(other.nodeName).toBe(`${HOST_PART}-30100`);
+    expect(other.dataDir).toBe(join('.smg', `${HOST_PART}-30100`));
+    expect(parse(['--data-dir', 'none']).mesh.dataDir).toBeUndefined();
+    expect(parse(['--data-dir', './none']).mesh.dataDir).toBe('./none');
+    // the node name names the data dir, so it is allowed without the mesh
+    expect(parse(['--mesh-node-name', 'solo']).mesh).toMatchObject({
+      enabled: false,
+      nodeName: 'solo',
+      dataDir: join('.smg', 'solo'),
+    });
   });
 
   it.each([
@@ -330,6 +365,40 @@ describe('mesh flags', () => {
     [['--mesh-advertise-host', '0.0.0.0'], /must be an address peers can reach/],
   ])('rejects %j', (argv, message) => {
     expect(() => parse(['--ha-mesh', ...argv])).toThrow(message);
+  });
+
+  it('reads the cluster keys from a key file, with clear errors that never show a key', () => {
+    const keys = file('one.key', `${KEY_A}\n`);
+    const viaFile = parse(['--ha-mesh', '--mesh-cluster-key-file', keys]).mesh;
+    expect(viaFile).toMatchObject({ clusterKeys: [KEY_A], host: '0.0.0.0' });
+    expect(parse(['--ha-mesh'], { SMG_MESH_CLUSTER_KEY_FILE: keys }).mesh.clusterKeys).toEqual([KEY_A]);
+    const error = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
+      try {
+        parse(['--ha-mesh', ...argv], env);
+      } catch (err) {
+        return (err as Error).message;
+      }
+      throw new Error('accepted');
+    };
+    expect(error(['--mesh-cluster-key-file', keys, '--mesh-cluster-key', KEY_B])).toMatch(
+      /--mesh-cluster-key-file: give the keys either in a file or with --mesh-cluster-key/,
+    );
+    expect(error(['--mesh-cluster-key-file', keys], { SMG_MESH_CLUSTER_KEY: KEY_B })).toMatch(/not both/);
+    expect(error(['--mesh-cluster-key-file', join(dir, 'missing.key')])).toMatch(
+      /--mesh-cluster-key-file: ".*missing\.key": ENOENT/,
+    );
+    const short = Buffer.alloc(16, 7).toString('base64');
+    const bad = error(['--mesh-cluster-key-file', file('bad.key', `# comment\n${KEY_A}\n${short}\n`)]);
+    expect(bad).toMatch(/bad\.key": line 3: cluster key must be 32 bytes, got 16/);
+    expect(bad).not.toContain(short);
+    expect(bad).not.toContain(KEY_A);
+    expect(error(['--mesh-cluster-key-file', file('empty.key', '# nothing here\n\n')])).toMatch(
+      /holds no key/,
+    );
+    expect(error(['--mesh-cluster-key-file', dir])).toMatch(/--mesh-cluster-key-file: .*EISDIR/);
+    expect(() => parse(['--mesh-cluster-key-file', keys])).toThrow(
+      /--mesh-cluster-key-file: needs --ha-mesh/,
+    );
   });
 
   it('mesh settings without --ha-mesh are an error, not ignored', () => {
@@ -606,6 +675,62 @@ describe('config file', () => {
   it('rejects --config given twice', () => {
     expect(errorOf(['--config', yaml, '--config', json])).toBe('--config: given more than once');
   });
+
+  // parsed in time linear in the file (the yaml package's own duplicate check was O(N²): 40k keys
+  // took 11.5 s); the outcome is asserted here, the time is not
+  it('answers a 40,000-key file with the first unknown key', () => {
+    const lines = Array.from({ length: 40_000 }, (_, i) => `key${i}: ${i}`);
+    const path = file('many.yaml', `port: 1234\n${lines.join('\n')}\n`);
+    expect(errorOf(['--config', path])).toBe(`--config: unknown key "key0" in "${path}"`);
+  });
+
+  it('refuses a file over 1 MiB before parsing it', () => {
+    const line = 'worker-urls: [' + Array.from({ length: 200_000 }, (_, i) => `"h${i}:1"`).join(',') + ']\n';
+    const path = file('huge.yaml', line);
+    expect(line.length).toBeGreaterThan(1024 * 1024);
+    expect(errorOf(['--config', path])).toBe(
+      `--config: "${path}": the file is larger than 1 MiB, the limit for configuration files`,
+    );
+  });
+
+  it('reads no further than the limit (a device that never ends is refused, not read forever)', () => {
+    expect(errorOf(['--config', '/dev/zero'])).toBe(
+      '--config: "/dev/zero": the file is larger than 1 MiB, the limit for configuration files',
+    );
+  });
+
+  it('refuses a duplicate YAML key, naming it and its line', () => {
+    const path = file('dup.yaml', 'port: 1\npolicy: random\nport: 2\n');
+    expect(errorOf(['--config', path])).toBe(
+      `--config: cannot parse "${path}" as YAML: duplicate key "port" (line 3)`,
+    );
+  });
+
+  it('refuses deeply nested values with a message about nesting, not the call stack', () => {
+    const deep = '['.repeat(50_000) + ']'.repeat(50_000);
+    for (const path of [file('deep.yaml', `policy: ${deep}\n`), file('deep.json', `{"policy": ${deep}}`)]) {
+      const message = errorOf(['--config', path]);
+      expect(message).toMatch(/nests more than 32 levels deep$/);
+      expect(message).not.toMatch(/call stack/i);
+    }
+  });
+
+  it('keeps a long or odd value short in messages', () => {
+    const path = file('long.json', JSON.stringify({ policy: 'x'.repeat(10_000) }));
+    const message = errorOf(['--config', path]);
+    expect(message).toMatch(/^--policy: invalid value "x{199}… \(10002 characters\)/);
+  });
+
+  it('treats __proto__ and constructor as ordinary (unknown or alias) keys', () => {
+    const proto = file('proto.json', '{"__proto__": {"port": 1}}');
+    expect(errorOf(['--config', proto])).toBe(`--config: unknown key "__proto__" in "${proto}"`);
+    const aliases = file('aliases.json', '{"model-alias": {"constructor": "m1", "__proto__": "m2"}}');
+    const c = parse(['--config', aliases]);
+    expect(Object.entries(c.modelAliases)).toEqual([
+      ['constructor', 'm1'],
+      ['__proto__', 'm2'],
+    ]);
+  });
 });
 
 describe('environment', () => {
@@ -634,6 +759,50 @@ describe('environment', () => {
   it('names the variable in errors', () => {
     expect(errorOf([], { SMG_PORT: 'x' })).toBe(
       '--port: must be an integer between 1 and 65535, got "x" (from SMG_PORT)',
+    );
+  });
+});
+
+/** every flag whose value reaches a timer (setTimeout, setInterval, undici or AbortSignal timeouts) */
+const TIMER_FLAGS: [string, number][] = [
+  ['request-timeout-secs', 1],
+  ['shutdown-grace-period-secs', 0],
+  ['eviction-interval', 1],
+  ['max-idle-secs', 1],
+  ['load-monitor-interval', 1],
+  ['health-check-timeout-secs', 1],
+  ['health-check-interval-secs', 1],
+  ['drain-settle-secs', 0],
+  ['cb-timeout-duration-secs', 1],
+  ['cb-window-duration-secs', 1],
+  ['queue-timeout-secs', 1],
+];
+
+describe('durations that reach a timer', () => {
+  // Node replaces a delay above 2^31-1 ms with 1 ms: 3000000 s became a 1 ms probe loop
+  it.each(TIMER_FLAGS)('--%s refuses what a timer cannot wait, naming the limit', (flag, min) => {
+    expect(errorOf([`--${flag}`, '3000000'])).toBe(
+      `--${flag}: must be an integer between ${min} and 2073600 (24 days, the longest a timer can wait), got 3000000`,
+    );
+    expect(() => parse([`--${flag}`, '2073600'])).not.toThrow();
+  });
+
+  it('retry backoffs are at most an hour', () => {
+    for (const flag of ['retry-initial-backoff-ms', 'retry-max-backoff-ms']) {
+      expect(errorOf([`--${flag}`, '3600001'])).toBe(
+        `--${flag}: must be an integer between 0 and 3600000 (one hour), got 3600001`,
+      );
+    }
+    expect(
+      parse(['--retry-initial-backoff-ms', '3600000', '--retry-max-backoff-ms', '3600000']).retry
+        .maxBackoffMs,
+    ).toBe(3_600_000);
+  });
+
+  it('the same limits hold in a config file', () => {
+    const path = file('timers.yaml', 'health_check_interval_secs: 3000000\n');
+    expect(errorOf(['--config', path])).toBe(
+      `--health-check-interval-secs: must be an integer between 1 and 2073600 (24 days, the longest a timer can wait), got 3000000 (in config file "${path}")`,
     );
   });
 });
@@ -677,10 +846,14 @@ describe('errors', () => {
     expect(errorOf(['--health-failure-threshold', '0'])).toBe(
       '--health-failure-threshold: must be a positive integer, got 0',
     );
-    expect(errorOf(['--health-check-interval-secs', '0'])).toMatch(/must be a positive integer/);
-    expect(errorOf(['--health-check-timeout-secs', '-1'])).toMatch(/must be a positive integer/);
+    expect(errorOf(['--health-check-interval-secs', '0'])).toMatch(
+      /must be an integer between 1 and 2073600/,
+    );
+    expect(errorOf(['--health-check-timeout-secs', '-1'])).toMatch(
+      /must be an integer between 1 and 2073600/,
+    );
     expect(errorOf(['--drain-settle-secs', '-1'])).toBe(
-      '--drain-settle-secs: must be a non-negative integer, got -1',
+      '--drain-settle-secs: must be an integer between 0 and 2073600 (24 days, the longest a timer can wait), got -1',
     );
     expect(errorOf(['--least-load-default-throughput', '0'])).toMatch(/must be a positive number/);
     expect(errorOf(['--prefix-hash-load-factor', '0.5'])).toMatch(/must be a number >= 1/);

@@ -8,22 +8,29 @@
  * line. This module owns parsing and validation only: it never opens sockets, never logs and never
  * exits the process; every problem is a thrown {@link ConfigError}.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
+import { getHeapStatistics } from 'node:v8';
 import { extname, join } from 'node:path';
-import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
 import { POLICY_NAMES } from '../routing/types.js';
 import type { PolicyName } from '../routing/types.js';
+import { ConfigFileError, parseConfigSource, readConfigSource } from '../protocols/config-file.js';
+import {
+  MAX_BACKOFF_MS,
+  MAX_BACKOFF_NOTE,
+  MAX_DURATION_NOTE,
+  MAX_DURATION_SECS,
+} from '../protocols/durations.js';
 import { checkWorkerUrl } from '../protocols/worker-spec.js';
 import {
   loadPrioritySchedulerConfig,
   loadTenantRateLimitConfig,
   validateTenantRules,
 } from '../server/admission/index.js';
-import { parseClusterKey } from '../../mesh/swim/keyring.js';
+import { MAX_CLUSTER_KEY_FILE_BYTES, parseClusterKey, parseClusterKeyFile } from '../../mesh/swim/keyring.js';
 import { parseHostPort } from '../../mesh/swim/udp-transport.js';
 import type { Config, LogLevel, MeshConfig, PriorityClass } from './config-types.js';
 
@@ -57,6 +64,11 @@ export const LAUNCH_DEFAULTS = {
   port: 30000,
   'worker-urls': [] as string[],
   'max-payload-size': 536_870_912,
+  'body-read-timeout-secs': 60,
+  // a quarter of the V8 heap: JSON.parse of the bodies needs about as much again on the heap
+  'max-buffered-request-bytes': Math.floor(getHeapStatistics().heap_size_limit / 4),
+  'keep-alive-timeout-secs': 75,
+  'headers-timeout-secs': 60,
   'request-timeout-secs': 1800,
   'shutdown-grace-period-secs': 180,
   'cors-allowed-origins': [] as string[],
@@ -143,12 +155,19 @@ interface IssueInput {
 /** how a value is quoted in messages: strings JSON-quoted, everything else as JSON */
 function show(value: unknown): string {
   if (value === undefined) return 'nothing';
+  let text: string;
   try {
-    return JSON.stringify(value) ?? String(value);
+    text = JSON.stringify(value) ?? String(value);
   } catch {
-    return String(value);
+    text = Array.isArray(value) ? 'a list' : typeof value === 'object' ? 'a mapping' : typeof value;
   }
+  // a value pasted by mistake (a whole file, a huge list) must not flood the message
+  return text.length > SHOW_MAX_CHARS
+    ? `${text.slice(0, SHOW_MAX_CHARS)}… (${text.length} characters)`
+    : text;
 }
+
+const SHOW_MAX_CHARS = 200;
 
 const NUMBER_RE = /^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$/;
 
@@ -169,10 +188,10 @@ function toList(v: unknown): unknown {
   return typeof v === 'string' || typeof v === 'number' ? [v] : v;
 }
 
-function int(min: number, max?: number) {
+function int(min: number, max?: number, note?: string) {
   const expect =
     max !== undefined
-      ? `an integer between ${min} and ${max}`
+      ? `an integer between ${min} and ${max}${note === undefined ? '' : ` (${note})`}`
       : min === 0
         ? 'a non-negative integer'
         : min === 1
@@ -212,6 +231,11 @@ function num(bounds: { min?: number; max?: number; gt?: number }) {
 
 const port = () => int(1, 65535);
 
+/** a duration that reaches a timer, in seconds: bounded by what a timer can wait */
+const secs = (min: number) => int(min, MAX_DURATION_SECS, MAX_DURATION_NOTE);
+/** a retry backoff in milliseconds */
+const backoffMs = () => int(0, MAX_BACKOFF_MS, MAX_BACKOFF_NOTE);
+
 function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
   return z.enum(values, {
     error: (iss) => `invalid value ${show(iss.input)}; allowed: ${values.join(', ')}`,
@@ -242,25 +266,27 @@ const workerUrls = z.preprocess(
       error: (iss) => `must be a list of URLs, got ${show(iss.input)}`,
     })
     .transform((items, ctx) => {
-      const out: string[] = [];
+      // a Set, not a list scan: a file may list thousands of workers
+      const out = new Set<string>();
       for (const item of items.flatMap((s) => s.split(','))) {
         if (item.trim() === '') continue;
         const r = checkWorkerUrl(item);
         if (!r.ok) {
           ctx.addIssue({ code: 'custom', message: r.reason, input: item });
-        } else if (out.includes(r.url)) {
+        } else if (out.has(r.url)) {
           ctx.addIssue({ code: 'custom', message: `duplicate worker URL ${r.url}`, input: item });
         } else {
-          out.push(r.url);
+          out.add(r.url);
         }
       }
-      return out;
+      return [...out];
     }),
 );
 
 /** `alias=canonical` entries (argv, env, list in a file) or a mapping (file) → alias map */
 const modelAliases = z.unknown().transform((value, ctx) => {
-  const out: Record<string, string> = {};
+  // no prototype: an alias named `constructor` or `__proto__` is an ordinary key
+  const out: Record<string, string> = Object.create(null) as Record<string, string>;
   const fail = (message: string) => ctx.addIssue({ code: 'custom', message, input: value });
   const add = (alias: string, canonical: string, shown: string) => {
     if (alias === '' || canonical === '')
@@ -346,6 +372,7 @@ const tenantApiKeys = z.preprocess(
     })
     .transform((items, ctx) => {
       const out: { tenant: string; key: string }[] = [];
+      const tenants = new Set<string>();
       for (const [i, item] of items.entries()) {
         const colon = item.indexOf(':');
         const tenant = colon < 0 ? '' : item.slice(0, colon).trim();
@@ -356,9 +383,10 @@ const tenantApiKeys = z.preprocess(
             message: `entry ${i + 1} is malformed; expected tenant:key`,
             input: '',
           });
-        } else if (out.some((e) => e.tenant === tenant)) {
+        } else if (tenants.has(tenant)) {
           ctx.addIssue({ code: 'custom', message: `tenant ${show(tenant)} is given twice`, input: '' });
         } else {
+          tenants.add(tenant);
           out.push({ tenant, key });
         }
       }
@@ -375,6 +403,7 @@ const controlPlaneKeys = z.preprocess(
     })
     .transform((items, ctx) => {
       const out: { id: string; name: string; role: 'admin' | 'user'; key: string }[] = [];
+      const ids = new Set<string>();
       for (const [i, item] of items.entries()) {
         const parts = item.split(':');
         const [id = '', name = '', role = ''] = parts.map((p) => p.trim());
@@ -391,9 +420,10 @@ const controlPlaneKeys = z.preprocess(
             message: `entry ${i + 1} (id ${show(id)}) has role ${show(role)}; allowed: ${CONTROL_PLANE_ROLES.join(', ')}`,
             input: '',
           });
-        } else if (out.some((e) => e.id === id)) {
+        } else if (ids.has(id)) {
           ctx.addIssue({ code: 'custom', message: `key id ${show(id)} is given twice`, input: '' });
         } else {
+          ids.add(id);
           out.push({ id, name, role: role as 'admin' | 'user', key });
         }
       }
@@ -435,11 +465,12 @@ const HEADER_NAME_SINGLE = z
 function readableFile() {
   return text().superRefine((path, ctx) => {
     try {
-      readFileSync(path);
+      readConfigSource(path);
     } catch (err) {
+      const tooLarge = err instanceof ConfigFileError && err.problem === 'too_large';
       ctx.addIssue({
         code: 'custom',
-        message: `cannot read ${show(path)}: ${(err as Error).message}`,
+        message: `${tooLarge ? '' : 'cannot read '}${show(path)}: ${(err as Error).message}`,
         input: path,
       });
     }
@@ -505,6 +536,19 @@ const clusterKeys = z.preprocess(
     }),
 );
 
+/** --mesh-cluster-key-file: the keys from a file, so that none shows on a command line */
+const clusterKeyFile = text().transform((path, ctx) => {
+  try {
+    if (statSync(path).size > MAX_CLUSTER_KEY_FILE_BYTES)
+      throw new Error(`larger than ${MAX_CLUSTER_KEY_FILE_BYTES} bytes: not a key file`);
+    return parseClusterKeyFile(readFileSync(path, 'utf8'));
+  } catch (err) {
+    // the messages name the file and the line, never a key
+    ctx.addIssue({ code: 'custom', message: `${show(path)}: ${(err as Error).message}`, input: path });
+    return z.NEVER;
+  }
+});
+
 /** SWIM member names: printable, no ':' (SMG's rule), at most 64 bytes */
 const nodeName = z
   .string({ error: (iss) => `must be a non-empty string, got ${show(iss.input)}` })
@@ -521,15 +565,19 @@ const ipLiteral = z
 // ---------------------------------------------------------------------------------------------
 // The schema: one key per flag, in SMG spelling without the leading `--`.
 
-const LAUNCH_SHAPE = {
+export const LAUNCH_SHAPE = {
   // §1.1 workers / server
   host: text().default(D.host),
   port: port().default(D.port),
   'health-check-port': port().optional(),
   'worker-urls': workerUrls.default(D['worker-urls']),
   'max-payload-size': int(1).default(D['max-payload-size']),
-  'request-timeout-secs': int(1).default(D['request-timeout-secs']),
-  'shutdown-grace-period-secs': int(0).default(D['shutdown-grace-period-secs']),
+  'body-read-timeout-secs': int(1, 3600).default(D['body-read-timeout-secs']),
+  'max-buffered-request-bytes': int(1024).default(D['max-buffered-request-bytes']),
+  'keep-alive-timeout-secs': int(1, 3600).default(D['keep-alive-timeout-secs']),
+  'headers-timeout-secs': int(1, 600).default(D['headers-timeout-secs']),
+  'request-timeout-secs': secs(1).default(D['request-timeout-secs']),
+  'shutdown-grace-period-secs': secs(0).default(D['shutdown-grace-period-secs']),
   'cors-allowed-origins': textList().default(D['cors-allowed-origins']),
   // §1.2 routing
   policy: oneOf(POLICY_NAMES).default(D.policy),
@@ -538,10 +586,10 @@ const LAUNCH_SHAPE = {
   'balance-rel-threshold': num({ min: 0 }).default(D['balance-rel-threshold']),
   'balance-token-usage-threshold': num({ min: 0, max: 1 }).default(D['balance-token-usage-threshold']),
   'overload-token-usage-threshold': num({ min: 0, max: 1 }).default(D['overload-token-usage-threshold']),
-  'eviction-interval': int(1).default(D['eviction-interval']),
+  'eviction-interval': secs(1).default(D['eviction-interval']),
   'max-tree-size': int(1).default(D['max-tree-size']),
   'block-size': int(1).default(D['block-size']),
-  'max-idle-secs': int(1).default(D['max-idle-secs']),
+  'max-idle-secs': secs(1).default(D['max-idle-secs']),
   'assignment-mode': oneOf(ASSIGNMENT_MODES).default(D['assignment-mode']),
   'prefix-token-count': int(1).default(D['prefix-token-count']),
   'prefix-hash-load-factor': num({ min: 1 }).default(D['prefix-hash-load-factor']),
@@ -553,19 +601,19 @@ const LAUNCH_SHAPE = {
   'model-alias': modelAliases.default(D['model-alias']),
   'prefix-block-chars': int(8, 4096).default(D['prefix-block-chars']),
   // §1.4 load monitoring
-  'load-monitor-interval': int(1).default(D['load-monitor-interval']),
+  'load-monitor-interval': secs(1).default(D['load-monitor-interval']),
   // §1.7 health
   'health-failure-threshold': int(1).default(D['health-failure-threshold']),
   'health-success-threshold': int(1).default(D['health-success-threshold']),
-  'health-check-timeout-secs': int(1).default(D['health-check-timeout-secs']),
-  'health-check-interval-secs': int(1).default(D['health-check-interval-secs']),
+  'health-check-timeout-secs': secs(1).default(D['health-check-timeout-secs']),
+  'health-check-interval-secs': secs(1).default(D['health-check-interval-secs']),
   'health-check-endpoint': z
     .string({ error: (iss) => `must be a path starting with "/", got ${show(iss.input)}` })
     .startsWith('/', { error: (iss) => `must start with "/", got ${show(iss.input)}` })
     .default(D['health-check-endpoint']),
   'disable-health-check': bool().default(D['disable-health-check']),
   'remove-unhealthy-workers': bool().default(D['remove-unhealthy-workers']),
-  'drain-settle-secs': int(0).default(D['drain-settle-secs']),
+  'drain-settle-secs': secs(0).default(D['drain-settle-secs']),
   // §1.10 observability
   'log-dir': text().optional(),
   'log-level': oneOf(LOG_LEVELS).default(D['log-level']),
@@ -578,8 +626,8 @@ const LAUNCH_SHAPE = {
   'otlp-traces-endpoint': otlpEndpoint.default(D['otlp-traces-endpoint']),
   // §1.7 reliability
   'retry-max-retries': int(0, 100).default(D['retry-max-retries']),
-  'retry-initial-backoff-ms': int(0).default(D['retry-initial-backoff-ms']),
-  'retry-max-backoff-ms': int(0).default(D['retry-max-backoff-ms']),
+  'retry-initial-backoff-ms': backoffMs().default(D['retry-initial-backoff-ms']),
+  'retry-max-backoff-ms': backoffMs().default(D['retry-max-backoff-ms']),
   'retry-backoff-multiplier': num({ min: 1 }).default(D['retry-backoff-multiplier']),
   'retry-jitter-factor': num({ min: 0, max: 1 }).default(D['retry-jitter-factor']),
   'disable-retries': bool().default(D['disable-retries']),
@@ -588,14 +636,14 @@ const LAUNCH_SHAPE = {
   'retry-budget-min-per-sec': num({ min: 0 }).default(D['retry-budget-min-per-sec']),
   'cb-failure-threshold': int(1).default(D['cb-failure-threshold']),
   'cb-success-threshold': int(1).default(D['cb-success-threshold']),
-  'cb-timeout-duration-secs': int(1).default(D['cb-timeout-duration-secs']),
-  'cb-window-duration-secs': int(1).default(D['cb-window-duration-secs']),
+  'cb-timeout-duration-secs': secs(1).default(D['cb-timeout-duration-secs']),
+  'cb-window-duration-secs': secs(1).default(D['cb-window-duration-secs']),
   'disable-circuit-breaker': bool().default(D['disable-circuit-breaker']),
   // §1.8 admission
   'max-concurrent-requests': int(-1).default(D['max-concurrent-requests']),
   'rate-limit-tokens-per-second': num({ gt: 0 }).optional(),
   'queue-size': int(0).default(D['queue-size']),
-  'queue-timeout-secs': int(1).default(D['queue-timeout-secs']),
+  'queue-timeout-secs': secs(1).default(D['queue-timeout-secs']),
   'priority-scheduler-enabled': bool().default(D['priority-scheduler-enabled']),
   'priority-scheduler-default-max-class': oneOf(PRIORITY_CLASSES).default(
     D['priority-scheduler-default-max-class'],
@@ -622,6 +670,7 @@ const LAUNCH_SHAPE = {
   'mesh-node-name': nodeName.optional(),
   'data-dir': text().optional(),
   'mesh-cluster-key': clusterKeys.optional(),
+  'mesh-cluster-key-file': clusterKeyFile.optional(),
   'mesh-insecure': bool().default(D['mesh-insecure']),
 };
 
@@ -665,8 +714,16 @@ export const LaunchSchema = z.object(LAUNCH_SHAPE).superRefine((v, ctx) => {
       message: `must differ from --port and --prometheus-port (got ${v['mesh-port']})`,
     });
   }
+  if (v['mesh-cluster-key-file'] !== undefined && (v['mesh-cluster-key'] ?? []).length > 0) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['mesh-cluster-key-file'],
+      message:
+        'give the keys either in a file or with --mesh-cluster-key (or SMG_MESH_CLUSTER_KEY), not both',
+    });
+  }
   if (v['ha-mesh']) {
-    const keyed = (v['mesh-cluster-key'] ?? []).length > 0;
+    const keyed = (v['mesh-cluster-key'] ?? []).length > 0 || (v['mesh-cluster-key-file'] ?? []).length > 0;
     const host = v['mesh-host'] ?? (keyed ? '0.0.0.0' : '127.0.0.1');
     if (!keyed && !v['mesh-insecure'] && !isLoopback(host)) {
       ctx.addIssue({
@@ -686,12 +743,13 @@ export const LaunchSchema = z.object(LAUNCH_SHAPE).superRefine((v, ctx) => {
       });
     }
   } else {
+    // the node name also names the data dir, so it is allowed alone
     for (const flag of [
       'seeds',
       'mesh-host',
       'mesh-advertise-host',
-      'mesh-node-name',
       'mesh-cluster-key',
+      'mesh-cluster-key-file',
     ] as const) {
       const val = v[flag];
       if (val !== undefined && !(Array.isArray(val) && val.length === 0))
@@ -751,6 +809,31 @@ export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
     help: 'worker base URLs, http(s); host:port means http; commas ok',
   },
   'max-payload-size': { group: W, arity: 'value', placeholder: 'BYTES', help: 'request body size limit' },
+  'body-read-timeout-secs': {
+    group: W,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'time for a whole request body to arrive, from its first read (then 408)',
+  },
+  'max-buffered-request-bytes': {
+    group: W,
+    arity: 'value',
+    placeholder: 'BYTES',
+    defaultText: 'a quarter of the V8 heap limit',
+    help: 'request bodies held at once; past it new requests get 503 + Retry-After',
+  },
+  'keep-alive-timeout-secs': {
+    group: W,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'idle time before a keep-alive client connection is closed',
+  },
+  'headers-timeout-secs': {
+    group: W,
+    arity: 'value',
+    placeholder: 'SECS',
+    help: 'time for the headers of a request to arrive (then 408)',
+  },
   'request-timeout-secs': { group: W, arity: 'value', placeholder: 'SECS', help: 'upstream request timeout' },
   'shutdown-grace-period-secs': {
     group: W,
@@ -1133,15 +1216,15 @@ export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
     group: MESH,
     arity: 'value',
     placeholder: 'NAME',
-    defaultText: '<hostname>-<mesh-port>',
-    help: 'stable node name (alias --mesh-server-name)',
+    defaultText: '<hostname>-<port>',
+    help: 'stable node name, also names the default data dir (alias --mesh-server-name)',
   },
   'data-dir': {
     group: MESH,
     arity: 'value',
     placeholder: 'DIR',
-    defaultText: './.smg/<node-name> with --ha-mesh, else none',
-    help: 'where the node keeps its SQLite state',
+    defaultText: './.smg/<node-name>',
+    help: 'where the node keeps its SQLite state (workers, registry, prefix index); none: keep nothing',
   },
   'mesh-cluster-key': {
     group: MESH,
@@ -1149,6 +1232,13 @@ export const LAUNCH_FLAGS: { readonly [K in LaunchKey]: FlagInfo } = {
     placeholder: 'BASE64...',
     defaultText: 'unset (env SMG_MESH_CLUSTER_KEY)',
     help: '32-byte key that encrypts the mesh; more keys are accepted during a rotation (primary first)',
+  },
+  'mesh-cluster-key-file': {
+    group: MESH,
+    arity: 'value',
+    placeholder: 'PATH',
+    defaultText: 'unset (env SMG_MESH_CLUSTER_KEY_FILE)',
+    help: 'the cluster keys from a file (one base64 key per line, primary first; # comments), kept off the command line; not with --mesh-cluster-key',
   },
   'mesh-insecure': {
     group: MESH,
@@ -1339,27 +1429,29 @@ function readEnv(env: NodeJS.ProcessEnv): Map<LaunchKey, RawValue> {
 export function loadConfigFile(path: string): Map<LaunchKey, unknown> {
   let source: string;
   try {
-    source = readFileSync(path, 'utf8');
+    source = readConfigSource(path);
   } catch (err) {
+    if (err instanceof ConfigFileError && err.problem === 'too_large')
+      throw new ConfigError(`--config: ${show(path)}: ${err.message}`);
     throw new ConfigError(`--config: cannot read ${show(path)}: ${(err as Error).message}`);
   }
   const ext = extname(path).toLowerCase();
   let doc: unknown;
-  const asJson = () => JSON.parse(source) as unknown;
-  const asYaml = () => parseYaml(source) as unknown;
+  let format: 'json' | 'yaml' = ext === '.json' ? 'json' : 'yaml';
   try {
-    if (ext === '.json') doc = asJson();
-    else if (ext === '.yaml' || ext === '.yml') doc = asYaml();
+    if (ext === '.json' || ext === '.yaml' || ext === '.yml') doc = parseConfigSource(source, format);
     else {
       try {
-        doc = asJson();
+        doc = parseConfigSource(source, 'json');
+        format = 'json';
       } catch {
-        doc = asYaml();
+        doc = parseConfigSource(source, 'yaml');
       }
     }
   } catch (err) {
-    const format = ext === '.json' ? 'JSON' : 'YAML';
-    throw new ConfigError(`--config: cannot parse ${show(path)} as ${format}: ${(err as Error).message}`);
+    throw new ConfigError(
+      `--config: cannot parse ${show(path)} as ${format.toUpperCase()}: ${(err as Error).message}`,
+    );
   }
   if (doc === null || doc === undefined) return new Map();
   if (typeof doc !== 'object' || Array.isArray(doc)) {
@@ -1451,6 +1543,10 @@ export function parseLaunchArgs(argv: string[], env: NodeJS.ProcessEnv = process
     ...(v['health-check-port'] !== undefined && { healthCheckPort: v['health-check-port'] }),
     workerUrls: [...v['worker-urls']],
     maxPayloadSize: v['max-payload-size'],
+    bodyReadTimeoutSecs: v['body-read-timeout-secs'],
+    maxBufferedRequestBytes: v['max-buffered-request-bytes'],
+    keepAliveTimeoutSecs: v['keep-alive-timeout-secs'],
+    headersTimeoutSecs: v['headers-timeout-secs'],
     requestTimeoutSecs: v['request-timeout-secs'],
     shutdownGracePeriodSecs: v['shutdown-grace-period-secs'],
     corsAllowedOrigins: [...v['cors-allowed-origins']],
@@ -1546,9 +1642,12 @@ export function parseLaunchArgs(argv: string[], env: NodeJS.ProcessEnv = process
 }
 
 function meshConfig(v: z.infer<typeof LaunchSchema>): MeshConfig {
-  const keys = v['mesh-cluster-key'] ?? [];
-  const nodeName = v['mesh-node-name'] ?? defaultNodeName(v['mesh-port']);
-  const dataDir = v['data-dir'] ?? (v['ha-mesh'] ? join('.smg', nodeName) : undefined);
+  const flagKeys = v['mesh-cluster-key'] ?? [];
+  const keys = flagKeys.length > 0 ? flagKeys : (v['mesh-cluster-key-file'] ?? []);
+  const nodeName = v['mesh-node-name'] ?? defaultNodeName(v.port);
+  // every node keeps its state (workers added over the API, the prefix index) unless told not to
+  const given = v['data-dir'];
+  const dataDir = given === DATA_DIR_NONE ? undefined : (given ?? join('.smg', nodeName));
   return {
     enabled: v['ha-mesh'],
     seeds: [...v.seeds],
@@ -1562,14 +1661,22 @@ function meshConfig(v: z.infer<typeof LaunchSchema>): MeshConfig {
   };
 }
 
-/** `<hostname>-<mesh port>`: stable across restarts (so is the default data dir), unique per host */
-function defaultNodeName(meshPort: number): string {
+/** `--data-dir none`: keep no state (a directory named "none" is `./none`) */
+export const DATA_DIR_NONE = 'none';
+
+/**
+ * `<hostname>-<port>` (the API port): stable across restarts, and so is the default data dir
+ * `./.smg/<node-name>`; unique per host, so two gateways started in one directory get two data
+ * dirs. The mesh port is not part of it: a node keeps its name and its state when it joins a mesh
+ * or moves its mesh port.
+ */
+function defaultNodeName(port: number): string {
   const host =
     hostname()
       .split('.')[0]
       .replace(/[^A-Za-z0-9_-]/g, '-')
       .slice(0, 50) || 'smg';
-  return `${host}-${meshPort}`;
+  return `${host}-${port}`;
 }
 
 export function isLoopback(host: string): boolean {

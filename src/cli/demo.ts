@@ -1,11 +1,13 @@
 /**
  * `npm run demo` / `smg demo`: an HA mesh of three gateway peers on one machine, in front of mock
  * engines. One child process runs the engines; three more run `smg launch --ha-mesh`, joined through
- * each other's mesh ports with a cluster key made for this run. The engines are registered on the
+ * each other's mesh ports with a cluster key made for this run, passed in their environment
+ * (SMG_MESH_CLUSTER_KEY), never on a command line that `ps` shows. The engines are registered on the
  * first peer only: the other two learn them through the replicated registry. Prints the commands to
  * try; Ctrl-C (or SIGTERM) stops everything.
  *
- * Ports follow `--port P` (default 30000): peer i (0, 1, 2) serves HTTP on P+10i, the mesh on
+ * Everything binds loopback unless `--host H` says otherwise (the peers' HTTP and Prometheus
+ * listeners; the mesh and the engines stay on loopback). Ports follow `--port P` (default 30000): peer i (0, 1, 2) serves HTTP on P+10i, the mesh on
  * P+10i+1 and Prometheus on P-1000+10i; the engines listen on P+1001 onwards. State lives in a temp
  * dir removed on exit, or in $SMG_DEMO_DATA_DIR, which is kept so a restarted demo recovers it. The
  * children get the environment without its SMG_* settings, so the demo always runs the same way.
@@ -13,6 +15,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateClusterKey } from '../../mesh/swim/keyring.js';
@@ -25,6 +28,8 @@ export const DEMO_PORT_STEP = 10;
 export const DEMO_ENGINES = 4;
 export const DEMO_REGISTERED_ENGINES = 3;
 export const DEMO_MODEL = 'mock-model';
+/** the demo is for this machine: nothing listens beyond loopback unless `--host` asks */
+export const DEMO_DEFAULT_HOST = '127.0.0.1';
 const ENGINE_OFFSET = 1001;
 const PROMETHEUS_OFFSET = -1000;
 const ENGINES_TIMEOUT_MS = 15_000;
@@ -33,11 +38,13 @@ const MESH_TIMEOUT_MS = 20_000;
 const KILL_AFTER_MS = 10_000;
 const TAIL_LINES = 40;
 
-export const DEMO_USAGE = `Usage: smg demo [--port P]
+export const DEMO_USAGE = `Usage: smg demo [--port P] [--host H]
 
 Three gateway peers in one HA mesh in front of mock engines, all on this machine.
   --port P   HTTP port of the first peer (default ${DEMO_DEFAULT_PORT}); the others use P+10 and P+20,
              the mesh P+1, P+11, P+21, Prometheus P-1000, P-990, P-980, the engines P+1001...
+  --host H   address the peers' HTTP and Prometheus listeners bind (default ${DEMO_DEFAULT_HOST});
+             e.g. 0.0.0.0 to reach the demo from other machines (the mesh and engines stay on loopback)
 Environment:
   SMG_DEMO_DATA_DIR   keep the peers' state there (instead of a temp dir removed on exit), so a
                       restarted demo recovers it
@@ -49,12 +56,14 @@ export class DemoArgsError extends Error {
 
 export interface DemoOptions {
   port: number;
+  host: string;
   help: boolean;
 }
 
-/** The arguments of `smg demo`. Throws DemoArgsError on anything but `--port P` / `--help`. */
+/** The arguments of `smg demo`. Throws DemoArgsError on anything but `--port P` / `--host H` / `--help`. */
 export function parseDemoArgs(argv: readonly string[]): DemoOptions {
   let port = DEMO_DEFAULT_PORT;
+  let host = DEMO_DEFAULT_HOST;
   let help = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -62,10 +71,23 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
       help = true;
       continue;
     }
+    if (arg === '--host' || arg.startsWith('--host=')) {
+      const h = arg === '--host' ? argv[++i] : arg.slice('--host='.length);
+      if (h === undefined || !(isIP(h) !== 0 || h === 'localhost')) {
+        throw new DemoArgsError(
+          `--host needs an IP address to bind (or localhost), got ${h === undefined ? 'nothing' : JSON.stringify(h)}`,
+        );
+      }
+      host = h;
+      continue;
+    }
     let raw: string | undefined;
     if (arg === '--port') raw = argv[++i];
     else if (arg.startsWith('--port=')) raw = arg.slice('--port='.length);
-    else throw new DemoArgsError(`unexpected argument ${JSON.stringify(arg)}; smg demo takes only --port P`);
+    else
+      throw new DemoArgsError(
+        `unexpected argument ${JSON.stringify(arg)}; smg demo takes only --port P and --host H`,
+      );
     if (raw === undefined || !/^\d{1,5}$/.test(raw)) {
       throw new DemoArgsError(
         `--port needs a port number, got ${raw === undefined ? 'nothing' : JSON.stringify(raw)}`,
@@ -80,7 +102,14 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions {
       `--port must be between ${min} and ${max} (the demo also uses P-1000 for metrics and P+${ENGINE_OFFSET}.. for engines), got ${port}`,
     );
   }
-  return { port, help };
+  return { port, host, help };
+}
+
+/** where a client on this machine reaches a listener bound to `host` */
+function urlHost(host: string): string {
+  if (host === '0.0.0.0') return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return isIP(host) === 6 ? `[${host}]` : host;
 }
 
 /** the engines' URLs for a first-peer port: registered ones first, then the spares */
@@ -96,13 +125,17 @@ export interface DemoPeer {
   meshPort: number;
   prometheusPort: number;
   dataDir: string;
-  /** arguments of `smg launch` */
+  /** arguments of `smg launch` (no secrets: `ps` shows them) */
   args: string[];
+  /** environment for `smg launch`: the cluster key */
+  env: Record<string, string>;
 }
 
 /** The three peers: their ports, data dirs and `smg launch` arguments. Pure; nothing is started. */
 export function planDemoPeers(o: {
   port: number;
+  /** bind address of the HTTP and Prometheus listeners (default loopback) */
+  host?: string;
   clusterKey: string;
   dataRoot: string;
   workerUrls: readonly string[];
@@ -113,14 +146,13 @@ export function planDemoPeers(o: {
     prometheusPort: o.port + PROMETHEUS_OFFSET + i * DEMO_PORT_STEP,
   });
   const seeds = Array.from({ length: DEMO_PEERS }, (_, i) => `127.0.0.1:${at(i).meshPort}`).join(',');
+  const host = o.host ?? DEMO_DEFAULT_HOST;
   return Array.from({ length: DEMO_PEERS }, (_, i) => {
     const { port, meshPort, prometheusPort } = at(i);
     const name = `demo-${i + 1}`;
     const dataDir = join(o.dataRoot, name);
     const args = [
       '--ha-mesh',
-      '--mesh-cluster-key',
-      o.clusterKey,
       '--mesh-host',
       '127.0.0.1',
       '--mesh-port',
@@ -131,8 +163,12 @@ export function planDemoPeers(o: {
       dataDir,
       '--seeds',
       seeds,
+      '--host',
+      host,
       '--port',
       String(port),
+      '--prometheus-host',
+      host,
       '--prometheus-port',
       String(prometheusPort),
       '--policy',
@@ -145,7 +181,17 @@ export function planDemoPeers(o: {
     ];
     // the workers are registered on the first peer only; the registry replicates them to the others
     if (i === 0 && o.workerUrls.length > 0) args.push('--worker-urls', ...o.workerUrls);
-    return { name, url: `http://127.0.0.1:${port}`, port, meshPort, prometheusPort, dataDir, args };
+    const env = { SMG_MESH_CLUSTER_KEY: o.clusterKey };
+    return {
+      name,
+      url: `http://${urlHost(host)}:${port}`,
+      port,
+      meshPort,
+      prometheusPort,
+      dataDir,
+      args,
+      env,
+    };
   });
 }
 
@@ -213,8 +259,16 @@ function childEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-function startProc(name: string, args: string[], onLine?: (line: string) => void): Proc {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv() });
+function startProc(
+  name: string,
+  args: string[],
+  onLine?: (line: string) => void,
+  env: Record<string, string> = {},
+): Proc {
+  const child = spawn(process.execPath, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...childEnv(), ...env },
+  });
   const proc: Proc = { name, child, tail: [], echo: false, closed: Promise.resolve() };
   const read = (stream: NodeJS.ReadableStream | null) => {
     let partial = '';
@@ -467,15 +521,26 @@ export async function runDemo(argv: string[]): Promise<void> {
   );
   engines.push(engineProc);
 
-  const peers = planDemoPeers({ port, clusterKey: generateClusterKey(), dataRoot, workerUrls: registered });
+  const peers = planDemoPeers({
+    port,
+    host: opts.host,
+    clusterKey: generateClusterKey(),
+    dataRoot,
+    workerUrls: registered,
+  });
   try {
     await waitForEngines(engineProc, () => listening);
     watch(engineProc);
     for (const peer of peers) {
-      const proc = startProc(peer.name, [entry, 'launch', ...peer.args], (line) => {
-        if (!proc.echo || stopping || (polling && line.includes('/mesh/status'))) return;
-        process.stderr.write(`[${peer.name}] ${line}\n`);
-      });
+      const proc = startProc(
+        peer.name,
+        [entry, 'launch', ...peer.args],
+        (line) => {
+          if (!proc.echo || stopping || (polling && line.includes('/mesh/status'))) return;
+          process.stderr.write(`[${peer.name}] ${line}\n`);
+        },
+        peer.env,
+      );
       peerProcs.push(proc);
     }
     await Promise.all(peers.map((peer, i) => waitForHealth(peer, peerProcs[i])));
@@ -498,7 +563,7 @@ export async function runDemo(argv: string[]): Promise<void> {
   const [p1, p2, p3] = peers;
   const pid2 = peerProcs[1].child.pid;
   const line = (p: DemoPeer, i: number) =>
-    `  ${p.name}  ${p.url}  mesh 127.0.0.1:${p.meshPort}  metrics http://127.0.0.1:${p.prometheusPort}/metrics  pid ${peerProcs[i].child.pid}`;
+    `  ${p.name}  ${p.url}  mesh 127.0.0.1:${p.meshPort}  metrics http://${urlHost(opts.host)}:${p.prometheusPort}/metrics  pid ${peerProcs[i].child.pid}`;
   const chat = (base: string, content: string, stream = false) => [
     `  curl -s${stream ? 'N' : ''} ${base}/v1/chat/completions -H 'content-type: application/json' \\`,
     `    -d '{"model":"${DEMO_MODEL}",${stream ? '"stream":true,' : ''}"messages":[{"role":"user","content":"${content}"}]}'`,

@@ -434,6 +434,15 @@ describe('docker-compose.yml', () => {
     }
   });
 
+  it('passes the cluster key in the environment, never in a command line `ps` would show', () => {
+    const { services } = composeSetup();
+    for (const [name, svc] of services) {
+      const argv = argvOf(svc.command);
+      expect(argv.join(' '), name).not.toContain(TEST_KEY);
+      expect(argv, name).not.toContain('--mesh-cluster-key');
+    }
+  });
+
   it('names every peer after its service, and seeds every peer with all three', () => {
     const { configs } = composeSetup();
     const names = configs.map((c) => c.cfg.mesh.nodeName);
@@ -495,10 +504,15 @@ describe('docker-compose.yml', () => {
 // the demo's plan
 
 describe('demo', () => {
-  it('parses --port and rejects anything else', () => {
-    expect(parseDemoArgs([])).toEqual({ port: 30000, help: false });
-    expect(parseDemoArgs(['--port', '40000'])).toEqual({ port: 40000, help: false });
-    expect(parseDemoArgs(['--port=40000'])).toEqual({ port: 40000, help: false });
+  it('parses --port and --host (loopback unless told otherwise) and rejects anything else', () => {
+    expect(parseDemoArgs([])).toEqual({ port: 30000, host: '127.0.0.1', help: false });
+    expect(parseDemoArgs(['--port', '40000'])).toEqual({ port: 40000, host: '127.0.0.1', help: false });
+    expect(parseDemoArgs(['--port=40000', '--host', '0.0.0.0'])).toEqual({
+      port: 40000,
+      host: '0.0.0.0',
+      help: false,
+    });
+    expect(parseDemoArgs(['--host=::1']).host).toBe('::1');
     expect(parseDemoArgs(['--help']).help).toBe(true);
     for (const bad of [
       ['--port'],
@@ -506,6 +520,8 @@ describe('demo', () => {
       ['--port', '500'],
       ['--port', '65000'],
       ['--policy', 'random'],
+      ['--host'],
+      ['--host', 'not an address'],
     ])
       expect(() => parseDemoArgs(bad), bad.join(' ')).toThrow(DemoArgsError);
   });
@@ -523,7 +539,9 @@ describe('demo', () => {
       workerUrls: registered,
     });
     expect(peers).toHaveLength(DEMO_PEERS);
-    const cfgs = peers.map((p) => parseLaunchArgs(p.args, {}));
+    // the key travels in the environment: `ps` shows the arguments
+    for (const p of peers) expect(p.args.join(' ')).not.toContain(key);
+    const cfgs = peers.map((p) => parseLaunchArgs(p.args, p.env));
     expect(cfgs.map((c) => c.port)).toEqual([30000, 30010, 30020]);
     expect(cfgs.map((c) => c.mesh.port)).toEqual([30001, 30011, 30021]);
     expect(cfgs.map((c) => c.prometheusPort)).toEqual([29000, 29010, 29020]);
@@ -534,6 +552,8 @@ describe('demo', () => {
     expect(cfgs.map((c) => c.workerUrls)).toEqual([registered, [], []]);
     for (const [i, c] of cfgs.entries()) {
       expect(c.mesh).toMatchObject({ enabled: true, host: '127.0.0.1', clusterKeys: [key], insecure: false });
+      // nothing listens beyond loopback unless --host says so
+      expect([c.host, c.prometheusHost]).toEqual(['127.0.0.1', '127.0.0.1']);
       expect(c.mesh.seeds).toEqual(['127.0.0.1:30001', '127.0.0.1:30011', '127.0.0.1:30021']);
       expect(c.policy).toBe('cache_aware');
       expect(c.logLevel).toBe('warn');
@@ -555,7 +575,22 @@ describe('demo', () => {
       [40020, 40021, 39020],
     ]);
     expect(demoEngineUrls(40000)[0]).toBe('http://127.0.0.1:41001');
-    for (const p of peers) expect(() => parseLaunchArgs(p.args, {})).not.toThrow();
+    for (const p of peers) expect(() => parseLaunchArgs(p.args, p.env)).not.toThrow();
+  });
+
+  it('binds the peers where --host says, and prints addresses a local client reaches', () => {
+    const plan = (host: string) =>
+      planDemoPeers({ port: 40000, host, clusterKey: TEST_KEY, dataRoot: '/d', workerUrls: [] });
+    for (const [host, url] of [
+      ['0.0.0.0', 'http://127.0.0.1:40000'],
+      ['::', 'http://[::1]:40000'],
+      ['127.0.0.2', 'http://127.0.0.2:40000'],
+    ]) {
+      const [first] = plan(host);
+      const cfg = parseLaunchArgs(first.args, {});
+      expect([cfg.host, cfg.prometheusHost, cfg.mesh.host]).toEqual([host, host, '127.0.0.1']);
+      expect(first.url).toBe(url);
+    }
   });
 
   it('counts the alive members in a /mesh/status answer', () => {

@@ -41,6 +41,7 @@ async function launch(argv: string[]): Promise<void> {
     throw err;
   }
   const { settleMsFor, startGateway } = await import('../server/gateway.js');
+  const { closeLogger } = await import('../observability/logger.js');
   const gw = await startGateway(cfg);
   let stopping = false;
   const stop = (signal: string) => {
@@ -50,10 +51,13 @@ async function launch(argv: string[]): Promise<void> {
     // the drain itself is bounded by the grace period; this only guards against a hang after it
     const force = setTimeout(() => process.exit(1), cfg.shutdownGracePeriodSecs * 1000 + 10_000);
     force.unref();
-    gw.close(settleMsFor(cfg)).then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
+    gw.close(settleMsFor(cfg))
+      .then(
+        () => 0,
+        () => 1,
+      )
+      // the log transport writes out its last lines (the drain's among them) before the exit
+      .then((code) => closeLogger(gw.logger).then(() => process.exit(code)));
   };
   process.once('SIGINT', () => stop('SIGINT'));
   process.once('SIGTERM', () => stop('SIGTERM'));
@@ -102,7 +106,7 @@ process.on('unhandledRejection', (reason) => {
 main(process.argv.slice(2)).catch((err: unknown) => {
   const e = err as NodeJS.ErrnoException;
   if (e?.code === 'EADDRINUSE') process.stderr.write(`smg: address already in use: ${e.message}\n`);
-  else if (e?.name === 'StoreError') process.stderr.write(`smg: ${e.message}\n`);
+  else if (e?.name === 'StoreError' || e?.name === 'LogDirError') process.stderr.write(`smg: ${e.message}\n`);
   else process.stderr.write(`smg: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exit(1);
 });

@@ -63,6 +63,8 @@ export class Engine {
   readonly initial: EngineSettings;
   readonly cache: KvCache;
   readonly model: string;
+  /** required as `Authorization: Bearer <key>` (see MockWorkerOptions.apiKey) */
+  readonly apiKey: string | undefined;
   readonly createdAt = Math.floor(Date.now() / 1000);
   /** `host:port`, set once listening; sent as `x-mock-worker` */
   label = '';
@@ -72,6 +74,8 @@ export class Engine {
   healthChecks = 0;
   running = 0;
   failures = 0;
+  /** requests refused for a missing or wrong API key */
+  unauthorized = 0;
   promptTokensTotal = 0;
   cachedTokensTotal = 0;
   generationTokensTotal = 0;
@@ -85,6 +89,7 @@ export class Engine {
 
   constructor(opts: MockWorkerOptions) {
     this.model = opts.model;
+    this.apiKey = opts.apiKey;
     this.cache = new KvCache(opts.kvBlocks, opts.blockSize);
     this.initial = {
       fail_rate: opts.failRate,

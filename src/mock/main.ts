@@ -13,7 +13,7 @@ import { startMockWorkers } from './server.js';
 export async function runMockWorker(argv: string[]): Promise<void> {
   let opts: MockWorkerOptions;
   try {
-    opts = parseMockWorkerArgs(argv);
+    opts = parseMockWorkerArgs(argv, process.env);
   } catch (err) {
     if (!(err instanceof MockWorkerArgsError)) throw err;
     process.stderr.write(`smg mock-worker: ${err.message}\n`);

@@ -89,6 +89,18 @@ describe('parseMockWorkerArgs', () => {
     expect(parseError(['--help=yes']).message).toMatch(/--help takes no value/);
   });
 
+  it('takes the engine API key from --api-key or SMG_MOCK_API_KEY, and never repeats it in an error', () => {
+    expect(parseMockWorkerArgs(['--port', '8000', '--api-key', 'sk-1']).apiKey).toBe('sk-1');
+    expect(parseMockWorkerArgs(['--port', '8000'], { SMG_MOCK_API_KEY: 'sk-env' }).apiKey).toBe('sk-env');
+    expect(
+      parseMockWorkerArgs(['--port', '8000', '--api-key=sk-1'], { SMG_MOCK_API_KEY: 'sk-env' }).apiKey,
+    ).toBe('sk-1');
+    expect(parseMockWorkerArgs(['--port', '8000']).apiKey).toBeUndefined();
+    const bad = parseError(['--port', '8000', '--api-key', 'has space secret']);
+    expect(bad.message).toMatch(/--api-key: expected a key of printable ASCII/);
+    expect(bad.message).not.toContain('secret');
+  });
+
   it('mockWorkerOptions fills in defaults for programmatic use', () => {
     expect(mockWorkerOptions({ itlMs: 5 })).toEqual({ ...MOCK_WORKER_DEFAULTS, port: 0, itlMs: 5 });
   });

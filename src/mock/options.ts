@@ -26,6 +26,11 @@ export interface MockWorkerOptions {
   /** probability (0..1) that an inference request fails with `failStatus` */
   failRate: number;
   failStatus: number;
+  /**
+   * `--api-key` / SMG_MOCK_API_KEY: like an engine started with `--api-key`, every route but
+   * /health, /health_generate, /metrics and the /mock/ test hooks then needs `Authorization: Bearer <key>`
+   */
+  apiKey?: string;
   /** `--help` was given: the caller prints MOCK_WORKER_USAGE and exits 0 */
   help: boolean;
 }
@@ -75,6 +80,9 @@ Options:
   --output-tokens N         tokens generated per request, lowered by max_tokens (default 8)
   --fail-rate F             probability 0..1 that a request fails (default 0)
   --fail-status S           HTTP status of injected failures, 400..599 (default 500)
+  --api-key KEY             require Authorization: Bearer KEY, as an engine started with --api-key
+                            (not on /health and /metrics); prefer env SMG_MOCK_API_KEY, which ps
+                            does not show
   --help                    show this help
 `;
 
@@ -93,6 +101,8 @@ function numeric(schema: z.ZodNumber) {
 }
 
 type ValueKey = Exclude<keyof MockWorkerOptions, 'help'>;
+/** an engine's key in the environment instead of argv */
+export const MOCK_API_KEY_ENV = 'SMG_MOCK_API_KEY';
 
 interface FlagSpec {
   key: ValueKey;
@@ -150,12 +160,20 @@ const FLAGS: Record<string, FlagSpec> = {
     schema: numeric(z.number().int().min(400).max(599)),
     accepts: 'an HTTP status in 400..599',
   },
+  'api-key': {
+    key: 'apiKey',
+    schema: z.string().regex(/^[\x21-\x7e]+$/),
+    accepts: 'a key of printable ASCII characters without spaces',
+  },
 };
 
 const KNOWN = [...Object.keys(FLAGS), 'help'].map((f) => `--${f}`).join(', ');
 
-/** Parse the arguments after `mock-worker`. Throws MockWorkerArgsError on anything invalid. */
-export function parseMockWorkerArgs(argv: string[]): MockWorkerOptions {
+/**
+ * Parse the arguments after `mock-worker` (and SMG_MOCK_API_KEY from `env`). Throws
+ * MockWorkerArgsError on anything invalid.
+ */
+export function parseMockWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {}): MockWorkerOptions {
   const values: Partial<Record<ValueKey, string | number>> = {};
   let help = false;
   for (let i = 0; i < argv.length; i++) {
@@ -185,9 +203,18 @@ export function parseMockWorkerArgs(argv: string[]): MockWorkerOptions {
     }
     const parsed = spec.schema.safeParse(raw);
     if (!parsed.success) {
-      throw new MockWorkerArgsError(`invalid value "${raw}" for --${name}: expected ${spec.accepts}`);
+      // a key is not repeated in the message
+      const shown = spec.key === 'apiKey' ? 'given' : `"${raw}"`;
+      throw new MockWorkerArgsError(`invalid value ${shown} for --${name}: expected ${spec.accepts}`);
     }
     values[spec.key] = parsed.data;
+  }
+  const envKey = env[MOCK_API_KEY_ENV];
+  if (values.apiKey === undefined && envKey !== undefined && envKey !== '') {
+    const parsed = FLAGS['api-key'].schema.safeParse(envKey);
+    if (!parsed.success)
+      throw new MockWorkerArgsError(`${MOCK_API_KEY_ENV}: expected ${FLAGS['api-key'].accepts}`);
+    values.apiKey = parsed.data;
   }
   if (help) return { port: 0, ...MOCK_WORKER_DEFAULTS, ...values, help: true } as MockWorkerOptions;
   if (values.port === undefined) {

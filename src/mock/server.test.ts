@@ -738,4 +738,21 @@ describe('faults, bookkeeping, robustness', () => {
       expect(onB.headers['x-mock-worker']).toBe(`127.0.0.1:${b.port}`);
     });
   });
+  it('with --api-key, refuses requests without the bearer key (401), except health, metrics and the test hooks', async () => {
+    await withFleet({ apiKey: 'sk-engine' }, async (u) => {
+      const denied = await post(u, '/v1/chat/completions', chat('hi'));
+      expect(denied.status).toBe(401);
+      expect(denied.json).toMatchObject({ error: { type: 'authentication_error' } });
+      expect(
+        (await post(u, '/v1/chat/completions', chat('hi'), { authorization: 'Bearer sk-wrong!' })).status,
+      ).toBe(401);
+      expect((await get(u, '/v1/models')).status).toBe(401);
+      expect(
+        (await post(u, '/v1/chat/completions', chat('hi'), { authorization: 'Bearer sk-engine' })).status,
+      ).toBe(200);
+      for (const path of ['/health', '/health_generate', '/metrics', '/mock/stats'])
+        expect((await get(u, path)).status, path).toBe(200);
+      expect(await stats(u)).toMatchObject({ requests: 1, unauthorized: 3 });
+    });
+  });
 });

@@ -33,15 +33,19 @@
  *   GET /mock/last-request  {method, path, headers, raw_headers, body_base64} of the last
  *                      inference request received (404 before the first one).
  *   GET /mock/stats    {requests, running, failures, prompt_tokens_total, cached_tokens_total,
- *                      generation_tokens_total, cached_blocks, health_checks}
+ *                      generation_tokens_total, cached_blocks, health_checks, unauthorized}
  * Every response carries `x-mock-worker: <host:port>`. `requests` counts inference requests
  * received (injected failures and 4xx included); `running` is held from receipt until the
  * response ends or the client goes away.
+ *
+ * With `--api-key` (or SMG_MOCK_API_KEY) every route but /health, /health_generate, /metrics and
+ * the /mock/ hooks needs `Authorization: Bearer <key>`, else 401 (counted in `unauthorized`).
  *
  * Errors use the OpenAI envelope {"error":{"message","type","param","code":null}}: invalid JSON or
  * a missing/invalid field → 400 invalid_request_error; unknown path → 404; wrong method → 405;
  * injected failure (fail_rate) → fail_status with type server_error, sent before any delay.
  */
+import { timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
@@ -456,6 +460,7 @@ GETS.set('/mock/stats', (e, res) =>
       generation_tokens_total: e.generationTokensTotal,
       cached_blocks: e.cache.size,
       health_checks: e.healthChecks,
+      unauthorized: e.unauthorized,
     }),
   ),
 );
@@ -524,12 +529,28 @@ const POSTS = new Map<string, PostHandler>([
 
 // ---------------------------------------------------------------- server
 
+/** routes an engine started with `--api-key` still answers without it (as SGLang does) */
+const OPEN_WITH_API_KEY = new Set(['/health', '/health_generate', '/metrics']);
+
+function authorized(e: Engine, req: IncomingMessage, path: string): boolean {
+  if (e.apiKey === undefined || OPEN_WITH_API_KEY.has(path) || path.startsWith('/mock/')) return true;
+  const given = Buffer.from(req.headers.authorization ?? '');
+  const wanted = Buffer.from(`Bearer ${e.apiKey}`);
+  return given.length === wanted.length && timingSafeEqual(given, wanted);
+}
+
 function onRequest(e: Engine, req: IncomingMessage, res: ServerResponse): void {
   try {
     const url = req.url ?? '/';
     const q = url.indexOf('?');
     const path = q === -1 ? url : url.slice(0, q);
     const method = req.method;
+    if (!authorized(e, req, path)) {
+      req.resume();
+      e.unauthorized++;
+      sendError(e, res, 401, 'Unauthorized: missing or wrong API key', 'authentication_error');
+      return;
+    }
     if (method === 'POST') {
       const build = INFERENCE.get(path);
       if (build !== undefined) {

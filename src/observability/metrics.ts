@@ -45,6 +45,7 @@ export class Metrics {
   readonly consistentHashingBranch: Counter<'branch'>;
   readonly prefixHashBranch: Counter<'branch'>;
   readonly manualCacheEntries: Gauge;
+  readonly registryInvalidEntries: Gauge;
 
   // issue 3: streamed usage, reliability, admission, runtime
   readonly httpInflightAge: Gauge<'gt' | 'le'>;
@@ -214,6 +215,11 @@ export class Metrics {
       name: 'smg_prefix_hash_policy_branch_total',
       help: 'prefix_hash policy decisions by branch',
       labelNames: ['branch'],
+      registers,
+    });
+    this.registryInvalidEntries = new Gauge({
+      name: 'smg_registry_invalid_entries',
+      help: 'Replicated registry entries left out of the views: they do not parse or fail validation (e.g. a peer’s worker spec this node refuses)',
       registers,
     });
     this.manualCacheEntries = new Gauge({
@@ -407,7 +413,12 @@ export class Metrics {
 }
 
 /** serves `GET /metrics` on its own listener (`--prometheus-host`, `--prometheus-port`) */
-export function startMetricsServer(metrics: Metrics, host: string, port: number): Promise<http.Server> {
+export function startMetricsServer(
+  metrics: Metrics,
+  host: string,
+  port: number,
+  log?: { error(obj: object, msg: string): void },
+): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     if (req.method === 'GET' && (req.url === '/metrics' || req.url?.startsWith('/metrics?'))) {
       try {
@@ -421,8 +432,10 @@ export function startMetricsServer(metrics: Metrics, host: string, port: number)
           res.end(text);
         },
         (err: unknown) => {
+          // a collector's exception text is internal: the log gets it, the scraper a status line
+          log?.error({ err }, 'metrics collection failed');
           res.writeHead(500, { 'content-type': 'text/plain' });
-          res.end(String(err));
+          res.end('metrics collection failed\n');
         },
       );
       return;

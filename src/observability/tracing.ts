@@ -171,7 +171,9 @@ class LeanSpan implements RequestSpan {
       this.flags = SAMPLED;
     }
     this.method = r.method;
-    this.uri = r.url;
+    // the query string can carry secrets (`?api_key=…`, signed URLs): spans keep the path only
+    const q = r.url.indexOf('?');
+    this.uri = q < 0 ? r.url : r.url.slice(0, q);
     this.httpVersion = r.httpVersion;
     this.requestId = r.requestId;
   }
@@ -548,8 +550,7 @@ function writeSpan(w: ProtoWriter, s: LeanSpan): void {
   writeAttribute(w, 9, K_LATENCY, Math.round((s.endedAt - s.startedAt) * 1000));
   if (s.error !== undefined) writeAttribute(w, 9, K_ERROR, s.error);
   writeAttribute(w, 9, K_HTTP_METHOD, s.method);
-  const q = s.uri.indexOf('?');
-  writeAttribute(w, 9, K_URL_PATH, q < 0 ? s.uri : s.uri.slice(0, q));
+  writeAttribute(w, 9, K_URL_PATH, s.uri);
   writeAttribute(w, 9, K_HTTP_STATUS, s.httpStatus);
   if (s.keys !== undefined && s.values !== undefined) {
     for (let i = 0; i < s.keys.length; i++) writeAttribute(w, 9, keyField(s.keys[i]), s.values[i]);

@@ -27,6 +27,8 @@ export function errorEnvelope(status: number, code: string, message: string): Er
 }
 
 export const errors = {
+  /** an unexpected failure: the message is generic on purpose, the details go to the log */
+  internal: () => new SmgError(500, 'internal_error', 'Internal server error'),
   invalidJson: (detail: string) => new SmgError(400, 'invalid_request_body', `Invalid JSON body: ${detail}`),
   invalidRequest: (message: string) => new SmgError(400, 'invalid_request', message),
   unsupportedMediaType: (ct: string) =>
@@ -42,6 +44,22 @@ export const errors = {
     ),
   payloadTooLarge: (limit: number, headers: Record<string, string> = {}) =>
     new SmgError(413, 'payload_too_large', `Request body exceeds the limit of ${limit} bytes`, headers),
+  bodyReadTimeout: (secs: number, headers: Record<string, string> = {}) =>
+    new SmgError(
+      408,
+      'body_read_timeout',
+      `The request body did not arrive within ${secs} s (--body-read-timeout-secs)`,
+      headers,
+    ),
+  requestBufferFull: (cap: number, headers: Record<string, string> = {}) =>
+    new SmgError(
+      503,
+      'request_buffer_full',
+      `The gateway holds its limit of ${cap} bytes of request bodies; try again later`,
+      { 'retry-after': '1', ...headers },
+    ),
+  /** the client went away before its request was read (only counted: nobody reads the answer) */
+  clientClosed: () => new SmgError(499, 'client_closed_request', 'Client closed the request'),
   upstreamTimeout: (url: string) =>
     new SmgError(504, 'call_upstream_timeout', `Upstream worker ${url} did not answer in time`),
   upstreamUnreachable: (url: string, detail: string) =>

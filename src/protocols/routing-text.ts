@@ -14,7 +14,7 @@ function isRecord(v: Json): v is Record<string, Json> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function contentText(content: Json, out: string[]): void {
+function contentText(content: Json, out: Pieces): void {
   if (typeof content === 'string') {
     if (content) out.push(content);
   } else if (Array.isArray(content)) {
@@ -28,16 +28,64 @@ function contentText(content: Json, out: string[]): void {
   }
 }
 
-function joinInputs(input: Json, out: string[]): void {
+/**
+ * Prompts are a string, a list of strings, token ids or a list of token-id lists: two levels of
+ * lists at most. Deeper lists contribute nothing, so no input can exhaust the stack here.
+ */
+const MAX_INPUT_NESTING = 2;
+
+function joinInputs(input: Json, out: Pieces, depth = 0): void {
   if (typeof input === 'string') out.push(input);
-  else if (Array.isArray(input)) {
-    if (input.length > 0 && typeof input[0] === 'number') out.push(input.join(' '));
-    else for (const x of input) joinInputs(x, out);
+  else if (Array.isArray(input) && depth < MAX_INPUT_NESTING) {
+    if (input.length > 0 && typeof input[0] === 'number') {
+      // join() would stringify a nested list recursively: token ids only
+      if (input.every((t) => typeof t === 'number')) out.push(input.join(' '));
+    } else for (const x of input) joinInputs(x, out, depth + 1);
+  }
+}
+
+/**
+ * Routing looks at most at this many characters of a prompt (≈ 256k tokens, beyond the context of
+ * the models served): a larger prompt still goes to the engine whole, but its routing text,
+ * prefix hashes and prefix-index entries stay bounded whatever a client sends.
+ */
+export const MAX_ROUTING_TEXT_CHARS = 1 << 20;
+
+/** a string of its own characters (V8 copies a concatenation into a new string when it flattens it) */
+function flat(s: string): string {
+  const joined = ' ' + s;
+  joined.charCodeAt(1); // indexing flattens the concatenation into one new string
+  return joined.slice(1);
+}
+
+/** the texts routing joins, up to {@link MAX_ROUTING_TEXT_CHARS} (what is past it is never copied) */
+class Pieces {
+  private readonly list: string[] = [];
+  /** characters so far, a separator before every piece but the first included */
+  private length = 0;
+  private cut = false;
+
+  push(s: string): void {
+    if (this.cut) return;
+    const room = MAX_ROUTING_TEXT_CHARS - this.length - (this.list.length > 0 ? 1 : 0);
+    if (s.length > room) {
+      this.cut = true;
+      if (room <= 0) return;
+      s = s.slice(0, room);
+    }
+    this.length += s.length + (this.list.length > 0 ? 1 : 0);
+    this.list.push(s);
+  }
+
+  join(): string {
+    const text = this.list.join(' ');
+    // a cut piece is a slice of the whole prompt and would keep it alive: `flat` makes it a copy
+    return this.cut && this.list.length === 1 ? flat(text) : text;
   }
 }
 
 export function extractRoutingText(endpoint: Endpoint, body: Record<string, Json>): string {
-  const out: string[] = [];
+  const out = new Pieces();
   switch (endpoint) {
     case 'chat':
       if (Array.isArray(body.messages)) {
@@ -74,7 +122,39 @@ export function extractRoutingText(endpoint: Endpoint, body: Record<string, Json
       if (typeof body.query === 'string') out.push(body.query);
       break;
   }
-  return out.join(' ');
+  return out.join();
+}
+
+/**
+ * What routing reads from a request body: the model, the stream flag and, only when a policy asks,
+ * the routing text. `release()` lets the parsed body go once the first worker is chosen, so a
+ * request in flight holds its raw bytes rather than a second and third copy of a large prompt; a
+ * later selection (a retry) that needs the text parses the raw bytes again.
+ */
+export class RoutingInput {
+  readonly model: unknown;
+  readonly stream: boolean;
+  private body: Record<string, Json> | undefined;
+
+  constructor(
+    readonly endpoint: Endpoint,
+    body: Record<string, Json>,
+    private readonly reparse: () => Record<string, Json>,
+  ) {
+    this.body = body;
+    this.model = body.model;
+    this.stream = body.stream === true;
+  }
+
+  /** {@link extractRoutingText} of the body */
+  text(): string {
+    return extractRoutingText(this.endpoint, this.body ?? this.reparse());
+  }
+
+  /** the parsed body is no longer needed */
+  release(): void {
+    this.body = undefined;
+  }
 }
 
 /** SMG's request-id prefixes by route */

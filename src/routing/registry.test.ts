@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ManualPolicy } from './manual.js';
-import { PolicyRegistry } from './registry.js';
+import { PolicyRegistry, type PolicyChoice } from './registry.js';
 import { makeContext, makeRequest, makeWorker, makeWorkers, testParams } from './testing.js';
 import type { PolicyName, PolicyParams } from './types.js';
 
@@ -156,5 +156,38 @@ describe('PolicyRegistry', () => {
     reg.maintain();
     expect(ctx.cache.heldBy('m', 'w0')).toBeLessThanOrEqual(2);
     expect(reg.manualEntries()).toBe(0);
+  });
+
+  it('a model policy set cluster-wide routes with its own parameters; new parameters replace the instance', () => {
+    const ctx = makeContext({ blockChars: 16 });
+    let choice: PolicyChoice | undefined = {
+      name: 'cache_aware',
+      params: testParams({ cacheThreshold: 0.02 }),
+    };
+    const reg = new PolicyRegistry({
+      defaultPolicy: 'cache_aware',
+      params: testParams(),
+      ctx,
+      routingKeyOverride: false,
+      modelPolicy: (model) => (model === 'm' ? choice : undefined),
+    });
+    const workers = makeWorkers(2);
+    const long = 'p'.repeat(16 * 100);
+    // a prompt whose first 10 of ~100 blocks are another prompt's: a 10 % match
+    const probe = (i: number) =>
+      makeRequest({ model: 'm', text: long.slice(0, 160) + `${i}`.repeat(16 * 90) });
+    const first = reg.policyFor('m', workers);
+    expect(reg.select('m', workers, makeRequest({ model: 'm', text: long }))!.id).toBe('w0');
+    // over the model's threshold (0.02): to the holder; the global 0.3 would send it to the emptier w1
+    expect(reg.select('m', workers, probe(1))!.id).toBe('w0');
+    expect(reg.policyFor('m', workers)).toBe(first);
+    choice = { name: 'cache_aware', params: testParams({ cacheThreshold: 0.3 }) };
+    reg.workersChanged('m', workers);
+    expect(reg.policyFor('m', workers)).not.toBe(first);
+    expect(reg.select('m', workers, probe(2))!.id).toBe('w1');
+    expect(reg.describe('m')).toEqual({ policy: 'cache_aware', source: 'mesh' });
+    choice = undefined;
+    reg.workersChanged('m', workers);
+    expect(reg.describe('m')).toEqual({ policy: 'cache_aware', source: 'default' });
   });
 });

@@ -10,6 +10,10 @@
  * instead of the CLI's 0.3 / 64 / 1.5 — inventory §3.6), which makes a label silently change the
  * tuning; we deliberately don't.
  *
+ * A model's policy set cluster-wide (`PUT /mesh/policies/{model}`) wins over labels and may carry
+ * parameters of its own, which replace the global ones for that model; when the name or the
+ * parameters change, a fresh instance replaces the old one.
+ *
  * The label is read in `policyFor` and `workersChanged`, which take the model's full worker list
  * (routable or not); `select` never reads it, as it sees only the routable candidates and a
  * labelled worker going unhealthy must not flip the model's policy and drop its state.
@@ -28,17 +32,26 @@ import type { PolicyName, PolicyParams, RouteRequest, RoutingContext, RoutingPol
 
 export const POLICY_LABEL = 'policy';
 
+/** which policy a model gets, with which parameters */
+export interface PolicyChoice {
+  readonly name: PolicyName;
+  readonly params: PolicyParams;
+}
+
 export interface PolicyRegistryOptions {
   defaultPolicy: PolicyName;
   params: PolicyParams;
   ctx: RoutingContext;
   routingKeyOverride: boolean;
-  /** a model's policy set cluster-wide (`PUT /mesh/policies/{model}`); wins over worker labels */
-  modelPolicy?: (model: string) => PolicyName | undefined;
+  /**
+   * A model's policy set cluster-wide (`PUT /mesh/policies/{model}`); wins over worker labels.
+   * Called per request: return the same object while the setting does not change (a new object
+   * replaces the model's instance).
+   */
+  modelPolicy?: (model: string) => PolicyChoice | undefined;
 }
 
-interface ModelEntry {
-  name: PolicyName;
+interface ModelEntry extends PolicyChoice {
   policy: RoutingPolicy;
 }
 
@@ -47,17 +60,19 @@ export class PolicyRegistry {
   private override: ManualPolicy | undefined;
   /** `wanted()` per worker array: the registry's views are immutable and reused until they change */
   private readonly wantedCache = new WeakMap<readonly WorkerView[], PolicyName>();
+  /** the choice of a label or the default, per policy name: the global parameters */
+  private readonly plainChoices = new Map<PolicyName, PolicyChoice>();
 
   constructor(private readonly opts: PolicyRegistryOptions) {}
 
   /** the model's policy for this worker list, created or replaced as the `policy` label says */
   policyFor(model: string, workers: readonly WorkerView[]): RoutingPolicy {
-    const name = this.wantedFor(model, workers);
+    const want = this.wantedFor(model, workers);
     const cur = this.entries.get(model);
-    if (cur && cur.name === name) return cur.policy;
-    const policy = createPolicy(name, this.opts.params, this.opts.ctx);
+    if (cur && cur.name === want.name && cur.params === want.params) return cur.policy;
+    const policy = createPolicy(want.name, want.params, this.opts.ctx);
     if (workers.length > 0) policy.onWorkersChanged?.(workers);
-    this.entries.set(model, { name, policy });
+    this.entries.set(model, { name: want.name, params: want.params, policy });
     return policy;
   }
 
@@ -100,7 +115,8 @@ export class PolicyRegistry {
       this.entries.delete(model);
       return;
     }
-    if (this.wantedFor(model, workers) !== cur.name) {
+    const want = this.wantedFor(model, workers);
+    if (want.name !== cur.name || want.params !== cur.params) {
       this.policyFor(model, workers);
       return;
     }
@@ -134,9 +150,14 @@ export class PolicyRegistry {
     return n;
   }
 
-  /** the model's cluster-wide policy, else what its workers ask for */
-  private wantedFor(model: string, workers: readonly WorkerView[]): PolicyName {
-    return this.opts.modelPolicy?.(model) ?? this.wanted(workers);
+  /** the model's cluster-wide policy, else what its workers ask for (with the global parameters) */
+  private wantedFor(model: string, workers: readonly WorkerView[]): PolicyChoice {
+    const set = this.opts.modelPolicy?.(model);
+    if (set) return set;
+    const name = this.wanted(workers);
+    let choice = this.plainChoices.get(name);
+    if (!choice) this.plainChoices.set(name, (choice = { name, params: this.opts.params }));
+    return choice;
   }
 
   /**

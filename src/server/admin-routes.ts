@@ -1,6 +1,8 @@
 /**
  * Control-plane routes (inventory §2.5): worker CRUD, /get_loads, /flush_cache. Writes become
- * events through the WorkerManager; reads come from the Replica's views.
+ * events through the WorkerManager; reads come from the Replica's views. A cache flush also
+ * empties the gateway's own prefix index for the flushed workers, on every peer (a registry write,
+ * see src/state/cache-flush.ts), so cache_aware stops steering to caches that were just emptied.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { request as undiciRequest } from 'undici';
@@ -12,6 +14,14 @@ import { parseEngineLoad } from '../workers/engine-load.js';
 import type { WorkerManager } from '../workers/manager.js';
 import { splitWorkerUrl, type UpstreamPools } from '../workers/upstream.js';
 import { workerInfo, workersBody } from './worker-info.js';
+
+/**
+ * The largest body fastify reads (every fastify route is control plane or utility; inference
+ * bodies take the fast path and its --max-payload-size). A WorkerSpec is at most 32 KiB once
+ * normalised; 1 MiB leaves room for model cards with metadata, and the control plane never
+ * buffers 512 MiB for a caller.
+ */
+export const ADMIN_BODY_LIMIT_BYTES = 1024 * 1024;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const FANOUT_TIMEOUT_MS = 10_000;
@@ -70,7 +80,10 @@ export function registerAdminRoutes(
   });
 
   app.get('/workers', async (req, reply) => {
-    const model = (req.query as { model?: string }).model;
+    const model = (req.query as { model?: unknown }).model;
+    // `?model=a&model=b` parses to a list: one model or none
+    if (model !== undefined && typeof model !== 'string')
+      throw errors.invalidWorker('query parameter "model" must be given once');
     const list = model ? replica.registry.forModel(model) : replica.registry.list();
     // assembled as bytes: JSON.stringify of 2,000 fresh WorkerInfo objects per call took most of the time
     const body = workersBody(
@@ -152,16 +165,21 @@ export function registerAdminRoutes(
     const workers = replica.registry.list();
     const successful: string[] = [];
     const failed: string[] = [];
+    const flushed: string[] = [];
     await Promise.all(
       workers.map(async (w) => {
         try {
           const res = await callWorker(pools, w, 'POST', '/flush_cache');
-          (res.status >= 200 && res.status < 300 ? successful : failed).push(w.url);
+          const ok = res.status >= 200 && res.status < 300;
+          (ok ? successful : failed).push(w.url);
+          if (ok) flushed.push(w.id);
         } catch {
           failed.push(w.url);
         }
       }),
     );
+    // after the answers: blocks recorded while the flush ran may be gone from the engine too
+    replica.flushCacheIndex(flushed);
     return {
       successful,
       failed,

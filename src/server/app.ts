@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../cli/config-types.js';
 import type { Metrics } from '../observability/metrics.js';
 import { installTracingHooks, type Tracing } from '../observability/tracing.js';
-import { errors } from '../protocols/errors.js';
+import { errors, type SmgError } from '../protocols/errors.js';
 import type { Replica } from '../state/replica.js';
 import type { WorkerManager } from '../workers/manager.js';
 import type { WorkerBreakers } from '../workers/breakers.js';
@@ -18,9 +18,10 @@ import type { UpstreamPools } from '../workers/upstream.js';
 import type { Admission } from './admission/index.js';
 import { controlPlaneHook, isControlPlaneRoute, type Auth } from './auth.js';
 import { registerEngineMetricsRoute } from './engine-metrics.js';
-import { registerAdminRoutes } from './admin-routes.js';
+import { ADMIN_BODY_LIMIT_BYTES, registerAdminRoutes } from './admin-routes.js';
 import { registerMeshRoutes, type MeshRouteDeps } from './mesh-routes.js';
 import { makeErrorHandler } from './error-handler.js';
+import { readBody, RequestBytesBudget, type BodyFailure } from './body-reader.js';
 import { createInferenceFastPath, recordHttpOutcome, type InflightCounter } from './proxy.js';
 import { makeRequestIdGenerator } from './request-id.js';
 import { registerUtilityRoutes, type Lifecycle } from './utility-routes.js';
@@ -56,10 +57,34 @@ function makeCors(origins: string[]) {
   };
 }
 
+/**
+ * The listening server's own timeouts (fastify's options do not reach a server made by
+ * `serverFactory`): idle keep-alive connections, headers, and the whole request as a last bound
+ * for any route. The request bound covers the longest legitimate wait — headers, admission
+ * queue (the body is not read meanwhile), body — so it never cuts an admitted request short.
+ */
+export function serverTimeouts(
+  cfg: Pick<Config, 'keepAliveTimeoutSecs' | 'headersTimeoutSecs' | 'bodyReadTimeoutSecs'>,
+  maxQueueWaitMs: number,
+): { keepAliveTimeout: number; headersTimeout: number; requestTimeout: number } {
+  const headersTimeout = cfg.headersTimeoutSecs * 1000;
+  return {
+    keepAliveTimeout: cfg.keepAliveTimeoutSecs * 1000,
+    headersTimeout,
+    requestTimeout: headersTimeout + maxQueueWaitMs + cfg.bodyReadTimeoutSecs * 1000 + 5_000,
+  };
+}
+
 export function buildApp(deps: AppDeps): FastifyInstance {
   const { cfg, metrics } = deps;
   const genReqId = makeRequestIdGenerator(cfg.requestIdHeaders);
   const corsHeaders = makeCors(cfg.corsAllowedOrigins);
+  // one budget for every request body this process holds, inference or admin; a body larger than
+  // the whole budget could never be read: it is simply too large
+  const bodyBudget = new RequestBytesBudget(cfg.maxBufferedRequestBytes);
+  const bodyLimit = Math.min(cfg.maxPayloadSize, cfg.maxBufferedRequestBytes);
+  const bodyLimits = { limit: bodyLimit, timeoutMs: cfg.bodyReadTimeoutSecs * 1000, budget: bodyBudget };
+  const adminLimits = { ...bodyLimits, limit: Math.min(ADMIN_BODY_LIMIT_BYTES, bodyLimit) };
   const fastPath = createInferenceFastPath({
     inflight: deps.inflight,
     replica: deps.replica,
@@ -67,7 +92,9 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     pools: deps.pools,
     metrics,
     logger: deps.logger,
-    bodyLimit: cfg.maxPayloadSize,
+    bodyLimit,
+    bodyTimeoutMs: bodyLimits.timeoutMs,
+    bodyBudget,
     genReqId,
     corsHeaders,
     auth: deps.auth,
@@ -83,28 +110,68 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     },
     random: Math.random,
   });
+  const timeouts = serverTimeouts(cfg, deps.admission?.maxQueueWaitMs() ?? 0);
+  // fastify's body parser releases a body's bytes when its response ends
+  const responseOf = new WeakMap<http.IncomingMessage, http.ServerResponse>();
   const app = Fastify({
     // inference routes are served by the fast path; fastify serves everything else
-    serverFactory: (handler) =>
-      http.createServer((req, res) => {
-        if (!fastPath(req, res)) handler(req, res);
-      }),
+    serverFactory: (handler) => {
+      const serve = (req: http.IncomingMessage, res: http.ServerResponse) => {
+        if (fastPath(req, res)) return;
+        responseOf.set(req, res);
+        handler(req, res);
+      };
+      const server = http.createServer(
+        {
+          headersTimeout: timeouts.headersTimeout,
+          requestTimeout: timeouts.requestTimeout,
+          // how often headers and request timeouts are checked (Node's default is 30 s)
+          connectionsCheckingInterval: Math.min(1000, timeouts.headersTimeout),
+        },
+        serve,
+      );
+      server.keepAliveTimeout = timeouts.keepAliveTimeout;
+      // `Expect: 100-continue`: the fast path sends 100 once the request is admitted, so a
+      // refused or queued client has not sent its body; other routes continue at once
+      server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => {
+        if (fastPath(req, res)) return;
+        res.writeContinue();
+        responseOf.set(req, res);
+        handler(req, res);
+      });
+      return server;
+    },
     loggerInstance: deps.logger,
     // the onResponse hook writes SMG's one line per request instead
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'request_id' }),
-    bodyLimit: cfg.maxPayloadSize,
+    // fastify serves only control-plane and utility routes (inference takes the fast path)
+    bodyLimit: adminLimits.limit,
     genReqId,
     return503OnClosing: true,
     forceCloseConnections: false,
-    keepAliveTimeout: 75_000,
     routerOptions: { ignoreTrailingSlash: true },
   }) as unknown as FastifyInstance;
 
-  // keep every body as the original bytes: inference bodies are forwarded untouched
+  // keep every body as the original bytes, read under the same size, time and memory bounds as
+  // the fast path's
+  const bodyFailures: Record<BodyFailure, () => SmgError> = {
+    too_large: () => errors.payloadTooLarge(adminLimits.limit, { connection: 'close' }),
+    timeout: () => errors.bodyReadTimeout(cfg.bodyReadTimeoutSecs, { connection: 'close' }),
+    over_budget: () => errors.requestBufferFull(bodyBudget.cap, { connection: 'close' }),
+    aborted: () => errors.clientClosed(),
+  };
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+  app.addContentTypeParser('*', (request, _payload, done) => {
+    const read = readBody(request.raw, adminLimits, (failure, raw) => {
+      if (failure) done(bodyFailures[failure](), undefined);
+      else done(null, raw?.bytes());
+    });
+    const res = responseOf.get(request.raw);
+    if (res) res.once('close', read.release);
+    else read.release();
+  });
 
-  app.setErrorHandler(makeErrorHandler(cfg.maxPayloadSize));
+  app.setErrorHandler(makeErrorHandler(adminLimits.limit));
   app.setNotFoundHandler((req, reply) => {
     const e = errors.notFound(`${req.method} ${req.url.split('?')[0]}`);
     reply

@@ -15,12 +15,13 @@ function toSmgError(err: FastifyError | Error, bodyLimit: number): SmgError {
   if (code === 'FST_ERR_CTP_INVALID_CONTENT_LENGTH') return errors.invalidRequest('invalid content-length');
   const status = (err as FastifyError).statusCode;
   if (status && status >= 400 && status < 500) return new SmgError(status, 'invalid_request', err.message);
-  return new SmgError(500, 'internal_error', 'Internal server error');
+  return errors.internal();
 }
 
 export function makeErrorHandler(bodyLimit: number) {
   return function errorHandler(err: FastifyError | Error, request: FastifyRequest, reply: FastifyReply) {
-    const e = toSmgError(err, bodyLimit);
+    // a route may set its own limit; the message names the one that applied
+    const e = toSmgError(err, request.routeOptions.bodyLimit ?? bodyLimit);
     if (e.status >= 500 && !(err instanceof SmgError)) request.log.error({ err }, 'unhandled error');
     reply.code(e.status);
     reply.header('x-smg-error-code', e.code);

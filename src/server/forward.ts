@@ -20,7 +20,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { RequestSpan } from '../observability/tracing.js';
 import { UsageObserver } from '../observability/usage.js';
 import { errorEnvelope, errors, SmgError } from '../protocols/errors.js';
-import type { Endpoint } from '../protocols/routing-text.js';
+import type { Endpoint, RoutingInput } from '../protocols/routing-text.js';
 import type { WorkerView } from '../state/registry.js';
 import type { Replica } from '../state/replica.js';
 import type { WorkerBreakers } from '../workers/breakers.js';
@@ -28,6 +28,7 @@ import { outcomeOf, type CircuitBreaker, type Outcome } from '../workers/circuit
 import { backoffMs, retrySettings, type RetryBudget, type RetrySettings } from '../workers/retry.js';
 import { splitWorkerUrl, type UpstreamPools } from '../workers/upstream.js';
 import type { AdmissionTicket } from './admission/index.js';
+import type { RequestBody } from './body-reader.js';
 import type { WorkerSelection } from './worker-selection.js';
 
 /** proxied requests whose upstream response has not ended yet (shutdown waits for these) */
@@ -66,8 +67,11 @@ const HOP_BY_HOP_RESPONSE = new Set([
   'host',
 ]);
 
-/** towards the worker, undici frames the body itself: the client's length header is not reused */
-const HOP_BY_HOP_REQUEST = new Set([...HOP_BY_HOP_RESPONSE, 'content-length']);
+/**
+ * towards the worker, undici frames the body itself: the client's length header is not reused;
+ * `Expect: 100-continue` was answered by the gateway (undici refuses to send it)
+ */
+const HOP_BY_HOP_REQUEST = new Set([...HOP_BY_HOP_RESPONSE, 'content-length', 'expect']);
 
 const KEEP_ALIVE_TOKENS: ReadonlySet<string> = new Set(['keep-alive']);
 const CLOSE_TOKENS: ReadonlySet<string> = new Set(['close']);
@@ -173,8 +177,10 @@ export interface ForwardRequest {
   req: IncomingMessage;
   res: ServerResponse;
   endpoint: Endpoint;
-  raw: Buffer;
-  body: Record<string, unknown>;
+  /** the body's bytes, as read (sent again as they are on a retry) */
+  raw: RequestBody;
+  /** what routing reads from the body (the parsed body itself is let go after the first selection) */
+  routing: RoutingInput;
   requestId: string;
   extraHeaders: Record<string, string>;
   span: RequestSpan | undefined;
@@ -215,7 +221,7 @@ export class Forwarding implements InflightEntry {
     private readonly d: ForwardDeps,
     private readonly r: ForwardRequest,
   ) {
-    this.streaming = r.body.stream === true;
+    this.streaming = r.routing.stream;
   }
 
   start(): void {
@@ -254,12 +260,18 @@ export class Forwarding implements InflightEntry {
     const { d, r } = this;
     let sel;
     try {
-      sel = d.selection.select(r.endpoint, r.body, r.req.headers, this.tried);
+      sel = d.selection.select(r.routing, r.req.headers, this.tried);
     } catch (err) {
-      this.sendError(err instanceof SmgError ? err : new SmgError(500, 'internal_error', String(err)));
+      if (err instanceof SmgError) this.sendError(err);
+      else {
+        // the details are for the log only: no internal text ever reaches a client
+        d.logger.error({ err, request_id: r.requestId }, 'worker selection failed');
+        this.sendError(errors.internal());
+      }
       this.finish();
       return;
     }
+    r.routing.release();
     const { worker } = sel;
     const mc = d.childrenFor(sel.model, r.endpoint, worker, sel.policy.name);
     if (this.mc === undefined) {
@@ -288,8 +300,11 @@ export class Forwarding implements InflightEntry {
 
     const { origin, basePath } = splitWorkerUrl(worker.url);
     const headers = upstreamRequestHeaders(r.req.headers, r.requestId, worker, d.upstreamHeaders, r.span);
+    const body = r.raw.payload();
+    // a stream of chunks is sent with its length, not chunked (undici measures a single buffer)
+    if (!Buffer.isBuffer(body)) headers['content-length'] = String(r.raw.length);
     d.pools.get(origin).dispatch(
-      { method: 'POST', path: basePath + (r.req.url ?? '/'), headers, body: r.raw },
+      { method: 'POST', path: basePath + (r.req.url ?? '/'), headers, body },
       {
         onRequestStart: (ctl) => {
           if (id !== this.attemptId) return ctl.abort(new Error('attempt abandoned'));

@@ -12,7 +12,7 @@ import { createLogger, type Logger } from '../observability/logger.js';
 import { Metrics, SMG_DURATION_BUCKETS, startMetricsServer } from '../observability/metrics.js';
 import { refreshEngineGauges, startRuntimeMetrics } from '../observability/runtime.js';
 import { Tracing } from '../observability/tracing.js';
-import { parseWorkerSpec } from '../protocols/worker-spec.js';
+import { checkStoredWorkerSpec, parseWorkerSpec } from '../protocols/worker-spec.js';
 import { CacheRecorder } from '../routing/cache-recorder.js';
 import { PolicyRegistry } from '../routing/registry.js';
 import type { PolicyName, RoutingContext } from '../routing/types.js';
@@ -38,7 +38,8 @@ import {
   restoreRateSlots,
   type NodeState,
 } from '../../store/persistence.js';
-import { isPolicyName } from '../routing/factory.js';
+import { modelPolicyReader } from './policy-params.js';
+import { resealWorkerKeys, watchWorkerKeys, workerKeySealer } from '../workers/worker-keys.js';
 
 const LOAD_AWARE: ReadonlySet<string> = new Set<PolicyName>(['power_of_two', 'least_load']);
 
@@ -97,13 +98,30 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
       : undefined;
   const nodeId = state?.nodeId ?? opts.nodeId ?? `${os.hostname()}-${randomBytes(3).toString('hex')}`;
   const metrics = new Metrics(cfg.prometheusDurationBuckets ?? SMG_DURATION_BUCKETS);
+  // worker api_keys are sealed in the registry with the cluster key (else a key of this node)
+  let sealer;
+  try {
+    sealer = workerKeySealer({
+      clusterKeys: cfg.mesh.clusterKeys,
+      ...(state && { dataDir: cfg.mesh.dataDir }),
+      logger,
+    });
+  } catch (err) {
+    state?.store.close();
+    throw err;
+  }
   const replica = new Replica({
     nodeId,
+    // specs from peers and from disk pass the same schema as the admin API's
+    workerSpecCheck: checkStoredWorkerSpec,
+    sealer,
     cacheBlocksPerWorker: Math.max(1, Math.floor(cfg.policyParams.maxTreeSize / cfg.prefixBlockChars)),
     ...(state && { registryDoc: state.doc, hlcHighWater: state.hlcHighWater }),
   });
   // every registry change is committed to the store before it can be gossiped
   const stopPersist = state ? persistReplica(state.store, replica) : undefined;
+  resealWorkerKeys(replica, logger);
+  const stopKeyWatch = watchWorkerKeys(replica, logger);
   // the prefix-cache index and this node's rate-limit slots come back before anything routes
   const cacheBlocks = state ? restoreCacheIndex(state.store, replica) : 0;
   const rateSlots = state ? restoreRateSlots(state.store, replica) : 0;
@@ -152,12 +170,23 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     params: cfg.policyParams,
     ctx,
     routingKeyOverride: cfg.routingKeyOverride,
-    modelPolicy: (model) => {
-      const p = replica.doc.policies().get(model)?.policy;
-      return p !== undefined && isPolicyName(p) ? p : undefined;
-    },
+    modelPolicy: modelPolicyReader(() => replica.doc.policies(), cfg.policyParams),
   });
   const selection = new WorkerSelection(replica, policies, cfg);
+  // a worker spec a peer (or an older version, on disk) wrote that this node refuses is left
+  // out; say so at start and whenever more are
+  let invalidEntries = replica.doc.invalidEntries();
+  if (invalidEntries > 0)
+    logger.warn(
+      { invalid_entries: invalidEntries },
+      'registry entries left out: they fail validation on this node',
+    );
+  replica.onRegistryDiff(() => {
+    const now = replica.doc.invalidEntries();
+    if (now > invalidEntries)
+      logger.warn({ invalid_entries: now }, 'registry entries left out: they fail validation on this node');
+    invalidEntries = now;
+  });
   const manager = new WorkerManager({
     replica,
     pools,
@@ -240,6 +269,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     }
     metrics.workerConnections.set({ worker_type: 'regular', connection_mode: 'http' }, pools.connections());
     metrics.manualCacheEntries.set(policies.manualEntries());
+    metrics.registryInvalidEntries.set(replica.doc.invalidEntries());
     refreshEngineGauges(metrics, replica);
     admission?.refreshGauges();
     breakers.refreshGauges();
@@ -263,7 +293,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
     await app.listen({ host: cfg.host, port: cfg.port });
     closers.push(() => closeApp(app, inflight, Math.max(0, graceMs - settleMsFor(cfg))));
     if (opts.prometheus !== false) {
-      const ms = await startMetricsServer(metrics, cfg.prometheusHost, cfg.prometheusPort);
+      const ms = await startMetricsServer(metrics, cfg.prometheusHost, cfg.prometheusPort, logger);
       const a = listenAddress(ms);
       metricsUrl = `http://${hostForUrl(a.host)}:${a.port}`;
       closers.push(() => new Promise<void>((r) => ms.close(() => r())));
@@ -300,6 +330,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
   } catch (err) {
     await mesh?.leave().catch(() => undefined);
     stopCachePersist?.();
+    stopKeyWatch();
     stopPersist?.();
     state?.store.close();
     clearInterval(maintenance);
@@ -353,6 +384,7 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
         await tracing?.shutdown().catch(() => undefined);
         await left;
         stopCachePersist?.();
+        stopKeyWatch();
         stopPersist?.();
         state?.store.close();
         logger.debug('gateway closed');

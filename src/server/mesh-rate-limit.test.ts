@@ -86,13 +86,10 @@ function admissionFor(replica: Replica, clock: ManualClock, cfg: Partial<Admissi
   if (!admission) throw new Error('admission is off');
   const admit = (tenant = 'auth:a') => {
     const r: { err?: SmgError; ticket?: AdmissionTicket; cancel?: () => void } = {};
-    const pending = admission.admit(
-      { tenant, priority: undefined, model: 'm', estimatedTokens: 10 },
-      (err, t) => {
-        r.err = err;
-        r.ticket = t;
-      },
-    );
+    const pending = admission.admit({ tenant, priority: undefined, estimatedTokens: 10 }, (err, t) => {
+      r.err = err ?? t?.start('m', 10);
+      r.ticket = t;
+    });
     if (pending) r.cancel = () => pending.cancel();
     return r;
   };

@@ -1,6 +1,7 @@
 /**
  * `/mesh/*` (inventory §2.6, under control-plane auth): membership, the replicated registry as
- * this node sees it, cluster-wide per-model policies and config, the cluster-wide request rate
+ * this node sees it, cluster-wide per-model policies (with their parameters, see policy-params.ts)
+ * and config, the cluster-wide request rate
  * limit (`/mesh/rate-limit`, see src/server/admission/global-limit.ts), and graceful leave. Every route
  * answers 503 `mesh_disabled` on a node started without `--ha-mesh`.
  */
@@ -16,6 +17,7 @@ import {
   readGlobalRateLimit,
 } from './admission/global-limit.js';
 import { isPolicyName } from '../routing/factory.js';
+import { parsePolicyParams } from './policy-params.js';
 import type { PolicyRegistry } from '../routing/registry.js';
 import { POLICY_NAMES } from '../routing/types.js';
 import type { Replica } from '../state/replica.js';
@@ -30,7 +32,8 @@ export interface MeshRouteDeps {
   storeHealthy: () => boolean;
 }
 
-const CONFIG_KEY = /^[A-Za-z0-9._:/-]{1,128}$/;
+/** config keys and policy model ids; `__proto__` is refused (Automerge forbids it as a map key) */
+const CONFIG_KEY = /^(?!__proto__$)[A-Za-z0-9._:/-]{1,128}$/;
 const MAX_CONFIG_VALUE_BYTES = 64 * 1024;
 
 const meshDisabled = () =>
@@ -62,6 +65,8 @@ export function registerMeshRoutes(app: FastifyInstance, deps: MeshRouteDeps): v
     // cluster load: this node's in-flight requests plus every live peer's latest snapshot
     load: replica.load.inflight(w.id),
     local_load: replica.load.localInflight(w.id),
+    // the worker's blocks in this node's prefix index (what cache_aware steers by)
+    cache_blocks: replica.cache.heldByWorker(w.id),
     // shared probing: the members that probe this worker, and what each node last observed
     probers: deps.mesh()?.soft.probersOf(w.id) ?? [replica.nodeId],
     observations: replica.registry
@@ -165,8 +170,14 @@ export function registerMeshRoutes(app: FastifyInstance, deps: MeshRouteDeps): v
     const policy = body.policy ?? body.policy_type;
     if (typeof policy !== 'string' || !isPolicyName(policy))
       throw badRequest(`"policy" must be one of ${POLICY_NAMES.join(', ')}`);
-    replica.writeRegistry((d) => d.setPolicy(model, policy));
-    return { status: 'updated', model_id: model, policy_type: policy };
+    // the policy's own parameters (SMG's JSON names; `config`, as GET shows them, is accepted too)
+    if (body.params !== undefined && body.config !== undefined)
+      throw badRequest('give the parameters as "params" or as "config", not both');
+    const parsed = parsePolicyParams(policy, body.params ?? body.config);
+    if ('error' in parsed) throw badRequest(parsed.error);
+    const params = Object.keys(parsed.params).length > 0 ? parsed.params : undefined;
+    replica.writeRegistry((d) => d.setPolicy(model, policy, params));
+    return { status: 'updated', model_id: model, policy_type: policy, config: params ?? {} };
   });
 
   app.get('/mesh/config', async () => {
@@ -189,7 +200,7 @@ export function registerMeshRoutes(app: FastifyInstance, deps: MeshRouteDeps): v
     const body = jsonBody(req);
     const { key, value } = body;
     if (typeof key !== 'string' || !CONFIG_KEY.test(key))
-      throw badRequest('"key" must be 1-128 characters of A-Z a-z 0-9 . _ : / -');
+      throw badRequest('"key" must be 1-128 characters of A-Z a-z 0-9 . _ : / - (and not __proto__)');
     if (typeof value !== 'string' || value.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(value))
       throw badRequest('"value" must be an even-length hex string');
     if (value.length / 2 > MAX_CONFIG_VALUE_BYTES)

@@ -10,10 +10,18 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../observability/metrics.js';
 import type { Tracing } from '../observability/tracing.js';
 import { errors, SmgError } from '../protocols/errors.js';
-import type { Endpoint } from '../protocols/routing-text.js';
+import { jsonDepth, MAX_BODY_DEPTH } from '../protocols/json-depth.js';
+import { RoutingInput, type Endpoint } from '../protocols/routing-text.js';
 import type { WorkerView } from '../state/registry.js';
-import type { Admission } from './admission/index.js';
+import type { Admission, AdmissionTicket } from './admission/index.js';
 import type { Auth } from './auth.js';
+import {
+  declaredLength,
+  readBody,
+  type BodyFailure,
+  type RequestBody,
+  type RequestBytesBudget,
+} from './body-reader.js';
 import {
   Forwarding,
   writeErrorResponse,
@@ -25,16 +33,21 @@ import { ENDPOINT_BY_PATH } from './request-id.js';
 
 export { responseHeaders, upstreamRequestHeaders, type InflightCounter } from './forward.js';
 
-function parseBody(raw: Buffer): Record<string, unknown> {
+/** an inference body: a JSON object, nested no deeper than SMG accepts (else 400) */
+export function parseInferenceBody(raw: RequestBody): Record<string, unknown> {
   if (raw.length === 0) throw errors.invalidJson('request body is empty');
   let parsed: unknown;
   try {
-    parsed = JSON.parse(raw.toString('utf8'));
+    parsed = JSON.parse(raw.text());
   } catch (err) {
     throw errors.invalidJson(err instanceof Error ? err.message : String(err));
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     throw errors.invalidJson('expected a JSON object');
+  }
+  // JSON.parse takes any depth; the code that reads the body afterwards must not have to
+  if (jsonDepth(parsed, MAX_BODY_DEPTH) > MAX_BODY_DEPTH) {
+    throw errors.invalidJson(`the body nests more than ${MAX_BODY_DEPTH} levels deep`);
   }
   return parsed as Record<string, unknown>;
 }
@@ -44,6 +57,7 @@ export interface HttpOutcome {
   method: string;
   /** route template, or `other` */
   route: string;
+  /** the request target; only its path is logged (a query string may carry secrets) */
   url: string;
   status: number;
   errorCode: string;
@@ -57,6 +71,11 @@ interface HttpChildren {
   responses: { inc(): void };
 }
 const httpChildren = new WeakMap<Metrics, Map<string, HttpChildren>>();
+
+function pathOnly(url: string): string {
+  const q = url.indexOf('?');
+  return q < 0 ? url : url.slice(0, q);
+}
 
 export function recordHttpOutcome(metrics: Metrics, logger: Logger, o: HttpOutcome): void {
   // one map lookup per response instead of three label hashings
@@ -86,7 +105,7 @@ export function recordHttpOutcome(metrics: Metrics, logger: Logger, o: HttpOutco
       {
         request_id: o.requestId,
         method: o.method,
-        path: o.url,
+        path: pathOnly(o.url),
         status: o.status,
         latency_ms: Math.round(o.elapsedMs * 100) / 100,
       },
@@ -97,6 +116,10 @@ export function recordHttpOutcome(metrics: Metrics, logger: Logger, o: HttpOutco
 
 export interface FastPathDeps extends Omit<ForwardDeps, 'childrenFor' | 'upstreamStatus'> {
   bodyLimit: number;
+  /** --body-read-timeout-secs, in ms */
+  bodyTimeoutMs: number;
+  /** --max-buffered-request-bytes: every body this process holds */
+  bodyBudget: RequestBytesBudget;
   genReqId: (req: IncomingMessage) => string;
   /** CORS headers for a request's Origin, or undefined */
   corsHeaders: (origin: string | undefined) => Record<string, string> | undefined;
@@ -112,13 +135,22 @@ export interface FastPathDeps extends Omit<ForwardDeps, 'childrenFor' | 'upstrea
  * hooks and child loggers: this is the hot path. Returns false for anything it does not serve
  * (the caller hands those to fastify).
  *
- * Order per request: request id → auth (tenant) → body (size limit) → parse → admission →
- * {@link Forwarding} (select, send, retry, stream).
+ * Order per request: request id → auth (tenant) → declared size and the buffered-bytes budget →
+ * admission (all on the headers; a queued request's body stays unread in the socket) → body
+ * (size, time and memory bounds, src/server/body-reader.ts) → parse → the model's tenant rule
+ * (`ticket.start`) → {@link Forwarding} (select, send, retry, stream).
  */
 export function createInferenceFastPath(
   deps: FastPathDeps,
 ): (req: IncomingMessage, res: ServerResponse) => boolean {
-  const { metrics, logger, bodyLimit, auth, admission, tracing, lifecycle } = deps;
+  const { metrics, logger, bodyLimit, bodyBudget, auth, admission, tracing, lifecycle } = deps;
+  const bodyLimits = { limit: bodyLimit, timeoutMs: deps.bodyTimeoutMs, budget: bodyBudget };
+  const BODY_FAILURES: Record<BodyFailure, () => SmgError> = {
+    too_large: () => errors.payloadTooLarge(bodyLimit),
+    timeout: () => errors.bodyReadTimeout(deps.bodyTimeoutMs / 1000),
+    over_budget: () => errors.requestBufferFull(bodyBudget.cap),
+    aborted: () => errors.clientClosed(),
+  };
   const routerChildren = new Map<string, RouterChildren>();
   function childrenFor(
     model: string,
@@ -126,14 +158,16 @@ export function createInferenceFastPath(
     worker: WorkerView,
     policy: string,
   ): RouterChildren {
-    const key = `${model}\u0000${endpoint}\u0000${worker.spec.worker_type}\u0000${policy}`;
+    // keyed by the bounded label, not the client's model string, so this map stays small too
+    const modelLabel = deps.selection.modelLabel(model);
+    const key = `${modelLabel}\u0000${endpoint}\u0000${worker.spec.worker_type}\u0000${policy}`;
     let c = routerChildren.get(key);
     if (!c) {
       const labels = {
         router_type: 'http',
         backend_type: 'regular',
         connection_mode: 'http',
-        model: model || 'default',
+        model: modelLabel,
         endpoint,
       };
       const usageLabels = { router_type: 'http', backend_type: 'regular', model: labels.model, endpoint };
@@ -223,6 +257,13 @@ export function createInferenceFastPath(
       if (res.headersSent) res.destroy();
       else writeErrorResponse(res, e, extraHeaders);
     };
+    // answered before (or instead of) reading the whole body: the rest is never read, so the
+    // connection closes once the answer is out
+    const failAndClose = (e: SmgError) => {
+      extraHeaders['connection'] = 'close';
+      fail(e);
+      res.once('finish', () => req.socket.destroy());
+    };
 
     let tenant = 'anonymous';
     if (auth !== undefined && (needTenant || !auth.dataPlaneOpen)) {
@@ -230,100 +271,105 @@ export function createInferenceFastPath(
         tenant = auth.authenticateData(req.headers, req.socket.remoteAddress);
       } catch (err) {
         // the body is never read: answer and close, like an oversized body
-        fail(err instanceof SmgError ? err : errors.unauthorized('data-plane'));
-        res.once('finish', () => req.socket.destroy());
+        failAndClose(err instanceof SmgError ? err : errors.unauthorized('data-plane'));
         return true;
       }
     }
 
-    // an oversized body is answered at once and its connection closed: the rest is never read
-    const rejectOversized = () => {
-      fail(errors.payloadTooLarge(bodyLimit, { connection: 'close' }));
-      res.once('finish', () => req.socket.destroy());
-    };
-    const declared = Number(req.headers['content-length']);
-    if (declared > bodyLimit) {
-      rejectOversized();
+    // everything up to admission is decided on the headers: no body byte is read before
+    const declared = declaredLength(req);
+    if (declared !== undefined && Number.isNaN(declared)) {
+      failAndClose(errors.invalidRequest('invalid content-length'));
       return true;
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let tooLarge = false;
-    req.on('data', (chunk: Buffer) => {
-      if (tooLarge) return;
-      size += chunk.length;
-      if (size > bodyLimit) {
-        tooLarge = true;
-        chunks.length = 0;
-        rejectOversized();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('error', () => res.destroy());
-    req.on('end', () => {
-      if (tooLarge || res.destroyed) return;
-      try {
-        const raw = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
-        const body = parseBody(raw);
-        const request: ForwardRequest = {
-          req,
-          res,
-          endpoint,
-          raw,
-          body,
-          requestId,
-          extraHeaders,
-          span,
-          ticket: undefined,
-          setErrorCode,
-        };
-        if (admission === undefined) {
-          new Forwarding(forwardDeps, request).start();
+    if (declared !== undefined && declared > bodyLimit) {
+      failAndClose(errors.payloadTooLarge(bodyLimit));
+      return true;
+    }
+    if (!bodyBudget.fits(declared ?? 0)) {
+      failAndClose(errors.requestBufferFull(bodyBudget.cap));
+      return true;
+    }
+    // a client that sent `Expect: 100-continue` sends its body only once it is admitted
+    const expectsContinue = /100-continue/i.test(req.headers.expect ?? '');
+
+    const readAndForward = (ticket: AdmissionTicket | undefined) => {
+      if (expectsContinue) res.writeContinue();
+      const read = readBody(req, bodyLimits, (failure, raw) => {
+        if (failure || !raw) {
+          ticket?.release();
+          if (failure === 'aborted') res.destroy();
+          else failAndClose(BODY_FAILURES[failure ?? 'aborted']());
           return;
         }
-        const priority = req.headers['x-smg-priority'];
-        let queued = true;
-        // a client that leaves while its request waits in a queue gives up its place (this runs
-        // on a later 'close' event, never during admit(), so `pending` is initialised by then)
-        const onQueuedClose = () => {
-          if (!queued) return;
-          queued = false;
-          errorCode = 'scheduler_client_cancelled';
-          pending?.cancel();
-        };
-        const pending = admission.admit(
-          {
-            tenant,
-            priority: typeof priority === 'string' ? priority : undefined,
-            model: deps.selection.resolveModel(body.model),
-            estimatedTokens: Math.ceil(raw.length / 4),
-          },
-          (err, ticket) => {
-            queued = false;
-            res.off('close', onQueuedClose);
-            if (err || !ticket) {
-              ticket?.release();
-              fail(err ?? new SmgError(500, 'internal_error', 'admission failed'));
-              return;
-            }
-            if (res.destroyed) {
-              ticket.release();
-              return;
-            }
-            request.ticket = ticket;
-            new Forwarding(forwardDeps, request).start();
-          },
-        );
-        if (queued && pending) res.once('close', onQueuedClose);
-      } catch (err) {
-        if (err instanceof SmgError) fail(err);
-        else {
-          logger.error({ err, request_id: requestId }, 'unhandled error on the inference path');
-          fail(new SmgError(500, 'internal_error', 'Internal server error'));
+        try {
+          const routing = new RoutingInput(endpoint, parseInferenceBody(raw), () => parseInferenceBody(raw));
+          const model = deps.selection.resolveModel(routing.model);
+          const refused = ticket?.start(model, Math.ceil(raw.length / 4));
+          if (refused) throw refused;
+          const request: ForwardRequest = {
+            req,
+            res,
+            endpoint,
+            raw,
+            routing,
+            requestId,
+            extraHeaders,
+            span,
+            ticket,
+            setErrorCode,
+          };
+          new Forwarding(forwardDeps, request).start();
+        } catch (err) {
+          ticket?.release();
+          if (err instanceof SmgError) fail(err);
+          else {
+            logger.error({ err, request_id: requestId }, 'unhandled error on the inference path');
+            fail(new SmgError(500, 'internal_error', 'Internal server error'));
+          }
         }
-      }
-    });
+      });
+      res.once('close', read.release);
+    };
+
+    req.on('error', () => res.destroy());
+    if (admission === undefined) {
+      readAndForward(undefined);
+      return true;
+    }
+    const priority = req.headers['x-smg-priority'];
+    let queued = true;
+    // a client that leaves while its request waits in a queue gives up its place (this runs
+    // on a later 'close' event, never during admit(), so `pending` is initialised by then)
+    const onQueuedClose = () => {
+      if (!queued) return;
+      queued = false;
+      errorCode = 'scheduler_client_cancelled';
+      pending?.cancel();
+    };
+    const pending = admission.admit(
+      {
+        tenant,
+        priority: typeof priority === 'string' ? priority : undefined,
+        estimatedTokens: declared === undefined ? 0 : Math.ceil(declared / 4),
+      },
+      (err, ticket) => {
+        queued = false;
+        res.off('close', onQueuedClose);
+        if (err || !ticket) {
+          ticket?.release();
+          // the body was never read: the connection cannot be reused
+          failAndClose(err ?? new SmgError(500, 'internal_error', 'admission failed'));
+          return;
+        }
+        if (res.destroyed) {
+          ticket.release();
+          return;
+        }
+        readAndForward(ticket);
+      },
+    );
+    if (queued && pending) res.once('close', onQueuedClose);
     return true;
   };
 }

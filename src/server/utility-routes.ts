@@ -1,7 +1,11 @@
-/** Public routes (inventory §2.4): liveness, readiness, models, model/server info. */
-import type { FastifyInstance } from 'fastify';
+/**
+ * Public routes (inventory §2.4): liveness, readiness, models, model/server info. Model and server
+ * info come from a routable worker of the requested model, never just the first worker.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { request as undiciRequest } from 'undici';
 import { errors } from '../protocols/errors.js';
+import type { WorkerView } from '../state/registry.js';
 import type { Replica } from '../state/replica.js';
 import { splitWorkerUrl, type UpstreamPools } from '../workers/upstream.js';
 import { responseHeaders } from './proxy.js';
@@ -51,9 +55,37 @@ export function registerUtilityRoutes(
     return { object: 'list', data };
   });
 
-  const proxyGet = (path: string) => async (_req: unknown, reply: import('fastify').FastifyReply) => {
-    const w = replica.registry.routable()[0];
-    if (!w) throw errors.noAvailableWorkers('');
+  /**
+   * The worker that answers for a model: `?model=` (an alias resolves to its model), else the one
+   * model served when there is only one (or only wildcard workers). A model no worker serves is
+   * 404 `model_not_found`; one whose workers are all unroutable is 503 `no_available_workers`; with
+   * several models and none named, which one is meant is unknown: 400 listing them.
+   */
+  const infoWorker = (query: unknown): WorkerView => {
+    const raw = (query as Record<string, unknown> | undefined)?.model;
+    if (raw !== undefined && (typeof raw !== 'string' || raw === ''))
+      throw errors.invalidRequest('"model" must be a non-empty string (one ?model= parameter)');
+    const reg = replica.registry;
+    if (raw === undefined) {
+      const models = reg.models();
+      if (models.length > 1)
+        throw errors.invalidRequest(
+          `several models are served (${models.join(', ')}); name one with ?model=`,
+        );
+      const w = (models.length === 1 ? reg.routable(models[0]) : reg.routable())[0];
+      if (!w) throw errors.noAvailableWorkers(models[0] ?? '');
+      return w;
+    }
+    const model = Object.hasOwn(modelAliases, raw) ? modelAliases[raw] : raw;
+    // workers that declare it, else wildcard workers (they serve any model)
+    if (reg.forModel(model).length === 0) throw errors.modelNotFound(raw);
+    const w = reg.routable(model)[0];
+    if (!w) throw errors.noAvailableWorkers(raw);
+    return w;
+  };
+
+  const proxyGet = (path: string) => async (req: FastifyRequest, reply: FastifyReply) => {
+    const w = infoWorker(req.query);
     const { origin, basePath } = splitWorkerUrl(w.url);
     try {
       const res = await undiciRequest(origin + basePath + path, {

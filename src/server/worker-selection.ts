@@ -2,10 +2,14 @@
  * Request → worker: resolves the model (aliases, IGW strictness), finds the candidates in the
  * Replica's views, extracts routing text only when the model's policy needs it, and asks the
  * policy. Synchronous and I/O-free: everything it reads is in memory.
+ *
+ * It refuses a `model` that is not a string (bodies nested deeper than SMG accepts never get here:
+ * the request path refuses them when it parses). Lookups keyed by client text use Maps, never
+ * plain objects: `constructor` is just a model name.
  */
 import type { Config } from '../cli/config-types.js';
 import { errors } from '../protocols/errors.js';
-import { extractRoutingText, type Endpoint } from '../protocols/routing-text.js';
+import type { RoutingInput } from '../protocols/routing-text.js';
 import type { PolicyRegistry } from '../routing/registry.js';
 import type { HeaderValue, RoutingPolicy } from '../routing/types.js';
 import type { WorkerView } from '../state/registry.js';
@@ -18,14 +22,23 @@ export interface Selection {
   policy: RoutingPolicy;
 }
 
+/** the `model` metric label of every model that is neither served by a worker nor an alias */
+export const OTHER_MODEL_LABEL = 'other';
+
 export class WorkerSelection {
   private refreshQueued = false;
+  /** alias → canonical model (`--model-alias`) */
+  private readonly aliases: ReadonlyMap<string, string>;
+  /** alias names and their targets: models the operator named, so fit for a metric label */
+  private readonly aliasModels: ReadonlySet<string>;
 
   constructor(
     private readonly replica: Replica,
     private readonly policies: PolicyRegistry,
     private readonly cfg: Pick<Config, 'enableIgw' | 'modelAliases'>,
   ) {
+    this.aliases = new Map(Object.entries(cfg.modelAliases));
+    this.aliasModels = new Set([...this.aliases.keys(), ...this.aliases.values()]);
     replica.onApplied((ev, changed) => {
       if (changed && (ev.kind === 'worker.upsert' || ev.kind === 'worker.remove')) this.refreshSoon();
     });
@@ -48,9 +61,29 @@ export class WorkerSelection {
     });
   }
 
+  /**
+   * The model a request asks for after alias resolution; '' when it names none. A `model` of
+   * another type than string is the client's mistake, answered with 400 rather than routed as if
+   * it were absent.
+   */
   resolveModel(raw: unknown): string {
-    if (typeof raw !== 'string' || raw === '') return '';
-    return this.cfg.modelAliases[raw] ?? raw;
+    if (raw === undefined || raw === '') return '';
+    if (typeof raw !== 'string') {
+      throw errors.invalidRequest(`"model" must be a string, got ${raw === null ? 'null' : typeof raw}`);
+    }
+    return this.aliases.get(raw) ?? raw;
+  }
+
+  /**
+   * The `model` label of request metrics for a resolved model: the model itself when a registered
+   * worker serves it or `--model-alias` names it, `default` for none, else `other`. Labels come
+   * from a bounded set, like the tenant top-N of the priority scheduler: a label per
+   * client-chosen string made `/metrics` grow from 108 KB to 37.8 MB over 3,000 requests.
+   */
+  modelLabel(model: string): string {
+    if (model === '') return 'default';
+    if (this.replica.registry.hasModel(model) || this.aliasModels.has(model)) return model;
+    return OTHER_MODEL_LABEL;
   }
 
   /**
@@ -71,12 +104,11 @@ export class WorkerSelection {
    * worker is left; otherwise a tried worker may be chosen again.
    */
   select(
-    endpoint: Endpoint,
-    body: Record<string, unknown>,
+    input: RoutingInput,
     headers: Record<string, HeaderValue>,
     exclude?: ReadonlySet<string>,
   ): Selection {
-    const model = this.resolveModel(body.model);
+    const model = this.resolveModel(input.model);
     const c = this.candidates(model);
     const { key, all } = c;
     let routable = c.routable;
@@ -86,7 +118,7 @@ export class WorkerSelection {
       const fresh = routable.filter((w) => !exclude.has(w.id));
       if (fresh.length > 0) routable = fresh;
     }
-    const text = policy.needsText ? extractRoutingText(endpoint, body) : '';
+    const text = policy.needsText ? input.text() : '';
     const worker = this.policies.select(key, routable, { model: key, text, headers });
     if (!worker) throw errors.noAvailableWorkers(model);
     return { worker, model, policy };

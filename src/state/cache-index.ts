@@ -424,6 +424,15 @@ export class CacheIndex {
     return this.models.get(model)?.held[slot] ?? 0;
   }
 
+  /** blocks held by one worker over every model (diagnostics: `/mesh/workers` `cache_blocks`) */
+  heldByWorker(workerId: string): number {
+    const slot = this.slotOf.get(workerId);
+    if (slot === undefined) return 0;
+    let n = 0;
+    for (const idx of this.models.values()) n += idx.held[slot] ?? 0;
+    return n;
+  }
+
   /**
    * Changes whenever a worker gets or loses its slot; a mapping built from `slotOfWorker` stays
    * valid while this does not change.
@@ -623,6 +632,28 @@ export class CacheIndex {
     this.workerOfSlot[slot] = undefined;
     this.freeSlots.push(slot);
     this.slotsVersion++;
+  }
+
+  /**
+   * Drops the worker's blocks last seen at or before `upToSeen` (a packed HLC, compared at the
+   * index's one-second precision), in every model: the worker's cache was flushed then. Returns the
+   * blocks dropped; the worker keeps its slot.
+   */
+  dropWorkerBlocks(workerId: string, upToSeen: number): number {
+    const slot = this.slotOf.get(workerId);
+    if (slot === undefined) return 0;
+    const upTo = secsOf(upToSeen);
+    let dropped = 0;
+    for (const idx of this.models.values()) {
+      if (!(idx.held[slot] > 0)) continue;
+      const drop: number[] = [];
+      for (const ref of idx.refs()) {
+        const secs = idx.secsAt(ref, slot);
+        if (secs >= 0 && secs <= upTo) drop.push(idx.key(ref));
+      }
+      for (const h of drop) if (this.dropSlot(idx, idx.find(h), slot)) dropped++;
+    }
+    return dropped;
   }
 
   /**

@@ -30,6 +30,11 @@ export function packHlc(h: Hlc): number {
   return h.wall * (MAX_COUNTER + 1) + h.counter;
 }
 
+/** an Hlc that packs to `packed` (the node is not in the packed form: the caller names it) */
+export function unpackHlc(packed: number, node: string): Hlc {
+  return { wall: Math.floor(packed / (MAX_COUNTER + 1)), counter: packed % (MAX_COUNTER + 1), node };
+}
+
 export class HlcClock {
   private wall = 0;
   private counter = 0;

@@ -13,6 +13,7 @@ import {
   parseActorId,
   type RegistryDocDiff,
 } from './registry-doc.js';
+import { ROOT_KEY_BYTES, SecretSealer } from './secret-sealer.js';
 import type { WorkerSpec } from './worker.js';
 
 function spec(url: string, priority = 50, models = ['m1']): WorkerSpec {
@@ -586,5 +587,135 @@ describe('malformed changes', () => {
     const peer = RegistryDoc.create(actor('n3'));
     syncAll([d, peer], ['d', 'p']);
     expect(snapshot(peer)).toEqual(snapshot(d));
+  });
+});
+
+describe('sealed worker keys', () => {
+  const sealerOf = (...fills: number[]) =>
+    new SecretSealer(
+      Buffer.alloc(ROOT_KEY_BYTES, fills[0]),
+      fills.slice(1).map((f) => Buffer.alloc(ROOT_KEY_BYTES, f)),
+    );
+  const keyed = (url: string, apiKey: string | undefined, priority = 50): WorkerSpec => {
+    const s: WorkerSpec = { ...spec(url, priority) };
+    if (apiKey === undefined) delete s.api_key;
+    else s.api_key = apiKey;
+    return s;
+  };
+  const holds = (bytes: Uint8Array[], secret: string) =>
+    bytes.some((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).includes(secret));
+
+  it('never holds a worker key in plaintext: document, history, changes, sync messages', () => {
+    const d = RegistryDoc.create(actor('n1'), { sealer: sealerOf(1) });
+    const changes = [
+      ...d.upsertWorker('w1', keyed('http://a', 'sk-first-worker-key')),
+      ...d.upsertWorker('w1', keyed('http://a', 'sk-second-worker-key')),
+    ];
+    expect(d.workers().get('w1')?.api_key).toBe('sk-second-worker-key');
+    const fresh = RegistryDoc.create(actor('n2'), { sealer: sealerOf(1) });
+    const sync = d.generateSyncMessage('fresh');
+    expect(sync).not.toBeNull();
+    fresh.receiveSyncMessage('n1', sync!);
+    const wire = [
+      ...changes,
+      d.save(),
+      sync!,
+      ...d.getChangesSince([]),
+      ...fresh.getChangesSince([]),
+      fresh.save(),
+    ];
+    for (const secret of ['sk-first-worker-key', 'sk-second-worker-key'])
+      expect(holds(wire, secret)).toBe(false);
+    // the control: the rest of the spec is there in clear, so the search above can find text
+    expect(holds(changes, 'http://a')).toBe(true);
+    // a peer with the same key reads it back
+    syncAll([d, fresh], ['n1', 'n2']);
+    expect(fresh.workers().get('w1')?.api_key).toBe('sk-second-worker-key');
+    expect(
+      RegistryDoc.load(actor('n1', 2), d.save(), [], { sealer: sealerOf(1) })
+        .workers()
+        .get('w1'),
+    ).toEqual(d.workers().get('w1'));
+  });
+
+  it('is idempotent: the same spec again writes nothing, though every sealing differs', () => {
+    const d = RegistryDoc.create(actor('n1'), { sealer: sealerOf(1) });
+    expect(d.upsertWorker('w1', keyed('http://a', 'sk-1'))).toHaveLength(1);
+    expect(d.upsertWorker('w1', keyed('http://a', 'sk-1'))).toEqual([]);
+    expect(d.upsertWorker('w1', keyed('http://a', 'sk-2'))).toHaveLength(1);
+    expect(d.upsertWorker('w1', keyed('http://a', undefined))).toHaveLength(1);
+    expect(d.workers().get('w1')?.api_key).toBeUndefined();
+  });
+
+  it('a node without the key shows no api_key, reports it, and keeps the sealed key when it rewrites the spec', () => {
+    const a = RegistryDoc.create(actor('a'), { sealer: sealerOf(1) });
+    const b = RegistryDoc.create(actor('b'), { sealer: sealerOf(2) });
+    b.applyChanges(a.upsertWorker('w1', keyed('http://a', 'sk-only-a-reads')));
+    expect(b.workers().get('w1')?.url).toBe('http://a');
+    expect(b.workers().get('w1')?.api_key).toBeUndefined();
+    expect([...b.unreadableWorkerKeys()]).toEqual([['w1', 'unknown_key']]);
+    expect(a.unreadableWorkerKeys().size).toBe(0);
+    // b changes the priority (a PATCH: its view, which has no key): the key survives for a
+    const change = b.upsertWorker('w1', { ...b.workers().get('w1')!, priority: 7 });
+    expect(change).toHaveLength(1);
+    a.applyChanges(change);
+    expect(a.workers().get('w1')).toMatchObject({ priority: 7, api_key: 'sk-only-a-reads' });
+    // a key b writes is its own to seal
+    a.applyChanges(b.upsertWorker('w1', keyed('http://a', 'sk-from-b', 7)));
+    expect(a.workers().get('w1')?.api_key).toBeUndefined();
+    expect([...a.unreadableWorkerKeys()]).toEqual([['w1', 'unknown_key']]);
+  });
+
+  it('opens plaintext keys of older versions and seals them on demand, without moving the views', () => {
+    const d = RegistryDoc.create(actor('n1'), { sealer: sealerOf(1) });
+    // what an older version wrote: the spec's JSON with its key as it is
+    const legacy = Automerge.change(
+      Automerge.load<{ workers: Record<string, unknown> }>(d.save(), { actor: actor('old') }),
+      (doc) => {
+        doc.workers.w1 = new Automerge.ImmutableString(
+          JSON.stringify(keyed('http://a', 'sk-legacy-plaintext')),
+        );
+      },
+    );
+    d.applyChanges(Automerge.getChanges(Automerge.load(d.save()), legacy));
+    const view = d.workers().get('w1');
+    expect(view?.api_key).toBe('sk-legacy-plaintext');
+    expect(d.workerKeysDue()).toEqual({ plaintext: ['w1'], rekey: [] });
+    const diffs: RegistryDocDiff[] = [];
+    d.onChange((diff) => diffs.push(diff));
+    const resealed = d.resealWorkerKeys();
+    expect(resealed).toHaveLength(1);
+    expect(holds(resealed, 'sk-legacy-plaintext')).toBe(false);
+    expect(d.workers().get('w1')).toBe(view); // readers see no change
+    expect(diffs.every((x) => x.upserted.length === 0)).toBe(true);
+    expect(d.workerKeysDue()).toEqual({ plaintext: [], rekey: [] });
+    expect(d.resealWorkerKeys()).toEqual([]);
+  });
+
+  it('survives a rotation of the cluster key: re-sealed under the new primary, opened by the next generation', () => {
+    const a = RegistryDoc.create(actor('a'), { sealer: sealerOf(1) });
+    const b = RegistryDoc.create(actor('b'), { sealer: sealerOf(2, 1) });
+    b.applyChanges(a.upsertWorker('w1', keyed('http://a', 'sk-rotating')));
+    expect(b.workers().get('w1')?.api_key).toBe('sk-rotating');
+    expect(b.workerKeysDue()).toEqual({ plaintext: [], rekey: ['w1'] });
+    const resealed = b.resealWorkerKeys();
+    const c = RegistryDoc.create(actor('c'), { sealer: sealerOf(2) });
+    c.applyChanges(a.getChangesSince([]));
+    expect(c.unreadableWorkerKeys().get('w1')).toBe('unknown_key');
+    c.applyChanges(resealed);
+    expect(c.workers().get('w1')?.api_key).toBe('sk-rotating');
+    expect(c.unreadableWorkerKeys().size).toBe(0);
+  });
+
+  it('a restored document opens its keys once the node’s sealer is set', () => {
+    const a = RegistryDoc.create(actor('a', 1), { sealer: sealerOf(1) });
+    a.upsertWorker('w1', keyed('http://a', 'sk-stored'));
+    const restored = RegistryDoc.load(actor('a', 2), a.save());
+    expect(restored.workers().get('w1')?.api_key).toBeUndefined();
+    const diffs: RegistryDocDiff[] = [];
+    restored.onChange((diff) => diffs.push(diff));
+    restored.setSealer(sealerOf(1));
+    expect(restored.workers().get('w1')?.api_key).toBe('sk-stored');
+    expect(diffs.map((x) => x.upserted)).toEqual([['w1']]);
   });
 });

@@ -20,17 +20,36 @@
  * spec is replaced as a whole (like the `worker.upsert` event it stands for), and one scalar costs
  * fewer operations in the history than a character-level text object per field.
  *
- * Security: `api_key` is part of the WorkerSpec and therefore of the replicated document, its
- * history, every snapshot on disk and every sync message. Anyone who can read the mesh or a data
- * dir can read worker keys; this is why the mesh is encrypted with the cluster key and why the
- * HTTP API never returns `api_key`. A key replaced by an upsert stays readable in the history.
+ * Secrets: a spec's `api_key` is never stored as it is. The stored text carries `api_key_sealed`
+ * in its place (AES-256-GCM under a key derived from the cluster key, bound to the worker id; see
+ * secret-sealer.ts), so neither the document, its history, a snapshot on disk nor a gossip or sync
+ * message holds it in plaintext. The views open it again: readers see `api_key` as written. A node
+ * that cannot open a value (sealed under a key it lacks) shows the spec without `api_key`, reports
+ * it in `unreadableWorkerKeys()`, and keeps the sealed value when it rewrites that spec without a
+ * key of its own (it cannot know what it would be removing). Plaintext keys written by older
+ * versions still open; `resealWorkerKeys()` seals them, and re-seals values opened with a
+ * non-primary key after a rotation (the old plaintext or old sealing stays in the history).
  *
  * Owns: the document, its per-peer sync states, the derived views. Never: I/O, timers, imports
  * from outside src/state.
  */
 import { createHash } from 'node:crypto';
 import * as Automerge from '@automerge/automerge';
+import { processSealer, type SealFailure, type SecretSealer } from './secret-sealer.js';
 import type { WorkerSpec } from './worker.js';
+
+/** the stored field that replaces a spec's `api_key` */
+export const SEALED_API_KEY_FIELD = 'api_key_sealed';
+
+/** how a worker's key is held in the document, as seen by this node */
+type KeyState =
+  | { kind: 'sealed' }
+  /** opened with a non-primary key: due for re-sealing */
+  | { kind: 'rekey' }
+  /** stored in plaintext by an older version: due for sealing */
+  | { kind: 'plaintext' }
+  /** this node cannot open it; `sealed` is kept when the spec is rewritten without a key */
+  | { kind: 'unreadable'; reason: SealFailure; sealed: string | undefined };
 
 export type PolicyParam = number | string | boolean;
 
@@ -77,6 +96,8 @@ export class RegistryDocError extends Error {
 export interface RegistryDocOptions {
   /** clock for `ModelPolicy.updatedAt` */
   now?: () => number;
+  /** seals and opens worker keys; default: a random key per process (see secret-sealer.ts) */
+  sealer?: SecretSealer;
 }
 
 interface RootShape {
@@ -166,6 +187,9 @@ export class RegistryDoc {
   private readonly syncStates = new Map<string, SyncState>();
   private readonly listeners: RegistryDocListener[] = [];
   private readonly now: () => number;
+  private sealer: SecretSealer;
+  /** per live worker with a key: how its key is held */
+  private readonly keyStates = new Map<string, KeyState>();
 
   /** raw stored text per live worker / policy / config key: the change detector of the views */
   private readonly rawWorkers = new Map<string, string>();
@@ -175,15 +199,18 @@ export class RegistryDoc {
   private policyView: ReadonlyMap<string, ModelPolicy> = new Map();
   private configView: ReadonlyMap<string, string> = new Map();
   private removedIds: ReadonlySet<string> = new Set();
-  /** worker entries whose stored text does not parse */
+  /** worker entries whose stored text does not parse or fails the spec check */
   private readonly invalidWorkers = new Set<string>();
   /** policy and config entries whose stored value does not parse */
   private invalidOther = 0;
   private viewHeads = '';
+  /** what a stored worker spec must pass to enter the views (see `setSpecCheck`) */
+  private specCheck: WorkerSpecCheck = hasSpecShape;
 
   private constructor(doc: Doc, opts: RegistryDocOptions) {
     this.doc = doc;
     this.now = opts.now ?? Date.now;
+    this.sealer = opts.sealer ?? processSealer();
     this.refresh();
   }
 
@@ -240,6 +267,31 @@ export class RegistryDoc {
     return Automerge.getActorId(this.doc);
   }
 
+  /**
+   * Installs the full WorkerSpec validation (src/protocols, which this module must not import)
+   * and re-reads every stored spec with it: a spec written by a peer that this node's API would
+   * refuse is left out of the views and counted in `invalidEntries`, like an unparsable one. Call
+   * it before anything reads the views; local writes are checked with it too.
+   */
+  setSpecCheck(check: WorkerSpecCheck): void {
+    this.specCheck = check;
+    this.rawWorkers.clear();
+    this.workerView = new Map();
+    this.viewHeads = '';
+    this.refresh();
+  }
+
+  /**
+   * Seals and opens worker keys with `sealer` from now on (a document restored from the store gets
+   * the node's sealer before anything reads it); the views are rebuilt and listeners told what moved.
+   */
+  setSealer(sealer: SecretSealer): void {
+    this.sealer = sealer;
+    this.rawWorkers.clear();
+    this.viewHeads = '';
+    this.refresh();
+  }
+
   // ---- local writes: each returns the new change bytes for the store and the outbox ----
 
   upsertWorker(id: string, spec: WorkerSpec): Uint8Array[] {
@@ -256,7 +308,7 @@ export class RegistryDoc {
     const texts: [string, string][] = [];
     for (const [id, spec] of entries) {
       const text = this.workerText(id, spec);
-      if (this.doc.workers[id]?.toString() !== text) texts.push([id, text]);
+      if (text !== undefined) texts.push([id, text]);
     }
     const changes: Uint8Array[] = [];
     for (let i = 0; i < texts.length;) {
@@ -276,26 +328,35 @@ export class RegistryDoc {
     return changes;
   }
 
-  /** the stored text of a worker's spec; throws when the id is removed or the spec unusable */
-  private workerText(id: string, spec: WorkerSpec): string {
+  /**
+   * The text to store for a worker's spec, or undefined when readers would see no change; throws
+   * when the id was removed or the spec does not pass validation.
+   */
+  private workerText(id: string, spec: WorkerSpec): string | undefined {
     checkKey('worker id', id);
-    if (this.removedIds.has(id) || this.doc.removed[id] === true) {
+    if (this.removedIds.has(id) || (Object.hasOwn(this.doc.removed, id) && this.doc.removed[id] === true)) {
       throw new RegistryDocError('worker_removed', `worker ${id} was removed; register it under a new id`);
     }
-    const text = JSON.stringify(spec);
+    const text = JSON.stringify(this.storedSpec(id, spec));
     // what the views would skip on every peer must not enter the replicated history
-    if (!parseSpec(text))
-      throw new RegistryDocError('invalid_argument', 'worker spec needs a url and a models list');
+    // (checked as every peer reads it: the key opened, then the full spec check)
+    const view = this.viewOf(id, text);
+    if (!view) throw new RegistryDocError('invalid_argument', 'worker spec does not pass validation');
+    // sealing is randomised: compare what readers see, and rewrite only to (re)seal a key
+    const cur = this.workerView.get(id);
+    const due = this.keyStates.get(id)?.kind;
+    if (cur && due !== 'plaintext' && due !== 'rekey' && canonicalJson(cur) === canonicalJson(view.spec))
+      return undefined;
     return text;
   }
 
   removeWorker(id: string): Uint8Array[] {
     checkKey('worker id', id);
-    if (this.doc.removed[id] === true) return [];
+    if (Object.hasOwn(this.doc.removed, id) && this.doc.removed[id] === true) return [];
     return this.write((d) => {
       d.removed[id] = true;
       // the tombstone decides; dropping the spec only keeps the snapshot's live state small
-      if (d.workers[id] !== undefined) delete d.workers[id];
+      if (Object.hasOwn(d.workers, id)) delete d.workers[id];
     });
   }
 
@@ -317,15 +378,34 @@ export class RegistryDoc {
     checkKey('config key', key);
     if (typeof value !== 'string')
       throw new RegistryDocError('invalid_argument', 'config value must be a string');
-    if (this.doc.config[key]?.toString() === value) return [];
+    if (ownScalar(this.doc.config, key) === value) return [];
     return this.write((d) => {
       d.config[key] = new Automerge.ImmutableString(value);
     });
   }
 
+  /** sets (a string) or deletes (undefined) several config keys in one change */
+  writeConfig(entries: ReadonlyMap<string, string | undefined>): Uint8Array[] {
+    for (const [key, value] of entries) {
+      checkKey('config key', key);
+      if (value !== undefined && typeof value !== 'string')
+        throw new RegistryDocError('invalid_argument', 'config value must be a string');
+    }
+    const moves = [...entries].filter(([key, value]) =>
+      value === undefined ? this.doc.config[key] !== undefined : this.doc.config[key]?.toString() !== value,
+    );
+    if (moves.length === 0) return [];
+    return this.write((d) => {
+      for (const [key, value] of moves) {
+        if (value === undefined) delete d.config[key];
+        else d.config[key] = new Automerge.ImmutableString(value);
+      }
+    });
+  }
+
   deleteConfig(key: string): Uint8Array[] {
     checkKey('config key', key);
-    if (this.doc.config[key] === undefined) return [];
+    if (!Object.hasOwn(this.doc.config, key)) return [];
     return this.write((d) => {
       delete d.config[key];
     });
@@ -442,7 +522,42 @@ export class RegistryDoc {
     return this.configView;
   }
 
-  /** entries skipped because their stored value does not parse (written by a foreign or newer peer) */
+  /** live workers whose key this node cannot open, and why (their views have no `api_key`) */
+  unreadableWorkerKeys(): ReadonlyMap<string, SealFailure> {
+    const out = new Map<string, SealFailure>();
+    for (const [id, st] of this.keyStates) if (st.kind === 'unreadable') out.set(id, st.reason);
+    return out;
+  }
+
+  /** live workers whose key is stored in plaintext (older versions) or sealed under a non-primary key */
+  workerKeysDue(): { plaintext: string[]; rekey: string[] } {
+    const plaintext: string[] = [];
+    const rekey: string[] = [];
+    for (const [id, st] of this.keyStates) {
+      if (st.kind === 'plaintext') plaintext.push(id);
+      else if (st.kind === 'rekey') rekey.push(id);
+    }
+    return { plaintext: plaintext.sort(), rekey: rekey.sort() };
+  }
+
+  /**
+   * Rewrites every spec of `workerKeysDue()` with its key sealed under the primary key. The views do
+   * not move (readers see the same spec). Earlier values stay in the history.
+   */
+  resealWorkerKeys(): Uint8Array[] {
+    const { plaintext, rekey } = this.workerKeysDue();
+    const out: Uint8Array[] = [];
+    for (const id of [...plaintext, ...rekey]) {
+      const spec = this.workerView.get(id);
+      if (spec && !this.removedIds.has(id)) out.push(...this.upsertWorker(id, spec));
+    }
+    return out;
+  }
+
+  /**
+   * Entries skipped because their stored value does not parse or fails the spec check (written by a
+   * foreign, newer or older peer); listeners are told whenever this count changes.
+   */
   invalidEntries(): number {
     return this.invalidWorkers.size + this.invalidOther;
   }
@@ -453,6 +568,54 @@ export class RegistryDoc {
       const i = this.listeners.indexOf(listener);
       if (i >= 0) this.listeners.splice(i, 1);
     };
+  }
+
+  /** the spec as stored: `api_key` sealed in place, or the sealed value this node cannot open kept */
+  private storedSpec(id: string, spec: WorkerSpec): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(spec)) {
+      // a caller never supplies sealed text: it comes from this node's sealer only
+      if (k === SEALED_API_KEY_FIELD || v === undefined) continue;
+      if (k === 'api_key') {
+        if (typeof v !== 'string') throw new RegistryDocError('invalid_argument', 'api_key must be a string');
+        out[SEALED_API_KEY_FIELD] = this.sealer.seal(v, id);
+      } else out[k] = v;
+    }
+    const st = this.keyStates.get(id);
+    if (spec.api_key === undefined && st?.kind === 'unreadable' && st.sealed !== undefined)
+      out[SEALED_API_KEY_FIELD] = st.sealed;
+    return out;
+  }
+
+  /**
+   * The view of a stored spec: the sealed key opened in place of `api_key`, and how it was held.
+   * Undefined when the text is not a spec.
+   */
+  private viewOf(id: string, text: string): { spec: WorkerSpec; key: KeyState | undefined } | undefined {
+    const rec = parseSpecRecord(text);
+    if (!rec) return undefined;
+    const hasSealed = Object.hasOwn(rec, SEALED_API_KEY_FIELD);
+    let key: KeyState | undefined;
+    const view: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(rec)) {
+      if (k === SEALED_API_KEY_FIELD) {
+        const opened = typeof v === 'string' ? this.sealer.open(v, id) : { error: 'malformed' as const };
+        if ('error' in opened) {
+          key = { kind: 'unreadable', reason: opened.error, sealed: typeof v === 'string' ? v : undefined };
+        } else {
+          view.api_key = opened.value;
+          key = { kind: opened.primary ? 'sealed' : 'rekey' };
+        }
+      } else if (k === 'api_key') {
+        // a plaintext key from an older version; a sealed one beside it wins
+        if (hasSealed) continue;
+        view.api_key = v;
+        key = { kind: 'plaintext' };
+      } else view[k] = v;
+    }
+    // the full check sees the spec as readers do: the key opened, never the sealed text
+    const checked = this.specCheck(view);
+    return checked === undefined ? undefined : { spec: deepFreeze(checked), key };
   }
 
   private write(fn: (d: RootShape) => void): Uint8Array[] {
@@ -483,7 +646,7 @@ export class RegistryDoc {
   /**
    * Brings the views up to date if the heads moved (and tells the listeners what changed); returns
    * whether they moved. With `before` (the heads the views reflect), only the keys the change
-   * touched are re-read; otherwise (start, recovery) the whole document.
+   * touched are re-read; otherwise (start, recovery, a new spec check or sealer) the whole document.
    */
   private refresh(before?: string[]): boolean {
     const heads = Automerge.getHeads(this.doc);
@@ -495,6 +658,8 @@ export class RegistryDoc {
         : undefined;
     this.viewHeads = headsKey;
     const root = this.doc;
+    const workersMap: Record<string, unknown> = root.workers ?? {};
+    const removedMap: Record<string, unknown> = root.removed ?? {};
 
     let removedIds = this.removedIds;
     let ids: Iterable<string>;
@@ -502,7 +667,7 @@ export class RegistryDoc {
       if (touched.removed.size > 0) {
         const next = new Set(removedIds);
         for (const id of touched.removed) {
-          if (root.removed?.[id] === true) next.add(id);
+          if (Object.hasOwn(removedMap, id) && removedMap[id] === true) next.add(id);
           else next.delete(id);
         }
         removedIds = next;
@@ -510,39 +675,54 @@ export class RegistryDoc {
       ids = new Set([...touched.workers, ...touched.removed]);
     } else {
       const all = new Set<string>();
-      for (const [id, v] of Object.entries(root.removed ?? {})) if (v === true) all.add(id);
+      for (const [id, v] of Object.entries(removedMap)) if (v === true) all.add(id);
       removedIds = all;
-      ids = new Set([...Object.keys(root.workers ?? {}), ...this.workerView.keys(), ...this.invalidWorkers]);
+      ids = new Set([
+        ...Object.keys(workersMap),
+        ...this.workerView.keys(),
+        ...this.invalidWorkers,
+        ...this.keyStates.keys(),
+      ]);
     }
 
-    // the worker view is copied (the maps handed out are never mutated); the raw texts and the
-    // invalid ids are private and updated in place
-    const rawWorkers = this.rawWorkers;
+    // the worker view is copied (the maps handed out are never mutated); the raw texts, key states
+    // and invalid ids are private and updated in place
+    const invalidBefore = this.invalidWorkers.size + this.invalidOther;
     const workerView = new Map(this.workerView);
-    const invalidWorkers = this.invalidWorkers;
     const upserted: string[] = [];
     const removed: string[] = [];
     for (const id of ids) {
-      const had = workerView.has(id);
-      const prevText = rawWorkers.get(id);
-      rawWorkers.delete(id);
+      const prev = this.workerView.get(id);
+      const prevText = this.rawWorkers.get(id);
+      const prevKey = this.keyStates.get(id);
+      this.rawWorkers.delete(id);
+      this.keyStates.delete(id);
+      this.invalidWorkers.delete(id);
       workerView.delete(id);
-      invalidWorkers.delete(id);
-      const v = removedIds.has(id) ? undefined : root.workers?.[id];
-      if (v !== undefined) {
-        const text = scalarText(v);
-        const spec =
-          text === undefined ? undefined : prevText === text ? this.workerView.get(id) : parseSpec(text);
-        if (spec && text !== undefined) {
-          rawWorkers.set(id, text);
-          workerView.set(id, spec);
-          if (prevText !== text) upserted.push(id);
-          continue;
-        }
-        invalidWorkers.add(id);
+      const text =
+        removedIds.has(id) || !Object.hasOwn(workersMap, id) ? undefined : scalarText(workersMap[id]);
+      if (text !== undefined && prevText === text && prev) {
+        this.rawWorkers.set(id, text);
+        workerView.set(id, prev);
+        if (prevKey) this.keyStates.set(id, prevKey);
+        continue;
       }
+      const view = text === undefined ? undefined : this.viewOf(id, text);
+      if (view && text !== undefined) {
+        this.rawWorkers.set(id, text);
+        if (view.key) this.keyStates.set(id, view.key);
+        // a key sealed again (another nonce or key) is no change for readers: keep their object
+        if (prev && canonicalJson(prev) === canonicalJson(view.spec)) workerView.set(id, prev);
+        else {
+          workerView.set(id, view.spec);
+          upserted.push(id);
+        }
+        continue;
+      }
+      // stored but unusable: left out of the views and counted
+      if (!removedIds.has(id) && Object.hasOwn(workersMap, id)) this.invalidWorkers.add(id);
       // ids that left the view some other way than a tombstone
-      if (had && !removedIds.has(id)) removed.push(id);
+      if (prev && !removedIds.has(id)) removed.push(id);
     }
     // newly tombstoned ids (seen here or not: the Replica drops their cache and load entries too)
     for (const id of touched ? touched.removed : removedIds)
@@ -595,8 +775,10 @@ export class RegistryDoc {
 
     this.workerView = workerView;
     this.removedIds = removedIds;
+    // a new entry left out changes no view, but listeners still hear of it (to count and report it)
+    const invalidChanged = this.invalidWorkers.size + this.invalidOther !== invalidBefore;
 
-    if (upserted.length > 0 || removed.length > 0 || policiesChanged || configChanged) {
+    if (upserted.length > 0 || removed.length > 0 || policiesChanged || configChanged || invalidChanged) {
       upserted.sort();
       removed.sort();
       for (const l of [...this.listeners]) l({ upserted, removed, policiesChanged, configChanged });
@@ -637,6 +819,13 @@ function checkKey(what: string, key: string): void {
   if (typeof key !== 'string' || key.length === 0) {
     throw new RegistryDocError('invalid_argument', `${what} must be a non-empty string`);
   }
+  // Automerge refuses it as a map key (and a plain object would take it for its prototype)
+  if (key === '__proto__') throw new RegistryDocError('invalid_argument', `${what} may not be "__proto__"`);
+}
+
+/** the scalar text stored under `key` in a document map, never an inherited Object member */
+function ownScalar(map: Record<string, unknown>, key: string): string | undefined {
+  return Object.hasOwn(map, key) ? scalarText(map[key]) : undefined;
 }
 
 /** parses every change before any reaches Automerge, so a bad batch is refused as a whole */
@@ -709,11 +898,31 @@ function scalarText(v: unknown): string | undefined {
   return undefined;
 }
 
-function parseSpec(text: string): WorkerSpec | undefined {
-  const v = parseJson(text);
+/**
+ * Checks a parsed worker spec and returns the spec the views hold (the same object or a normalised
+ * copy), or undefined to leave it out. Must not throw.
+ */
+export type WorkerSpecCheck = (spec: unknown) => WorkerSpec | undefined;
+
+/** the check used until `setSpecCheck`: the shape the registry's views rely on */
+function hasSpecShape(v: unknown): WorkerSpec | undefined {
   if (!isRecord(v) || typeof v.url !== 'string' || !Array.isArray(v.models)) return undefined;
   if (!v.models.every((m) => typeof m === 'string')) return undefined;
-  return deepFreeze(v) as unknown as WorkerSpec;
+  return v as unknown as WorkerSpec;
+}
+
+function parseSpecRecord(text: string): Record<string, unknown> | undefined {
+  const v = parseJson(text);
+  return hasSpecShape(v) === undefined ? undefined : (v as Record<string, unknown>);
+}
+
+/** JSON with object keys sorted: equal for equal values whatever the order their keys were set in */
+function canonicalJson(v: unknown): string {
+  return JSON.stringify(v, (_k, val: unknown) =>
+    isRecord(val)
+      ? Object.fromEntries(Object.entries(val).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : val,
+  );
 }
 
 function parsePolicy(text: string): ModelPolicy | undefined {
@@ -740,11 +949,17 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** views are shared with every reader: freezing turns an accidental write into an error */
+/**
+ * Views are shared with every reader: freezing turns an accidental write into an error. Iterative,
+ * so a value nested however deeply by a peer cannot overflow the stack here.
+ */
 function deepFreeze<T>(v: T): T {
-  if (typeof v === 'object' && v !== null && !Object.isFrozen(v)) {
-    Object.freeze(v);
-    for (const child of Object.values(v)) deepFreeze(child);
+  const stack: unknown[] = [v];
+  while (stack.length > 0) {
+    const x = stack.pop();
+    if (typeof x !== 'object' || x === null || Object.isFrozen(x)) continue;
+    Object.freeze(x);
+    for (const child of Object.values(x)) stack.push(child);
   }
   return v;
 }

@@ -11,13 +11,15 @@
  *
  * Owns: the merge. Never: I/O, timers, imports from outside src/state.
  */
+import { cacheFlushEpochs, cacheFlushKey, cacheFlushWorker, encodeCacheFlush } from './cache-flush.js';
 import { CacheIndex } from './cache-index.js';
 import type { StateEvent } from './events.js';
-import { HlcClock, type Hlc } from './hlc.js';
+import { HlcClock, packHlc, unpackHlc, type Hlc } from './hlc.js';
 import { LoadView } from './load-view.js';
 import { GLOBAL_RATE_WINDOW_MS, RateLimitUsage } from './rate-limit.js';
-import { RegistryDoc, actorIdFor, type RegistryDocDiff } from './registry-doc.js';
+import { RegistryDoc, actorIdFor, type RegistryDocDiff, type WorkerSpecCheck } from './registry-doc.js';
 import { WorkerRegistry } from './registry.js';
+import type { SecretSealer } from './secret-sealer.js';
 
 export type AppliedListener = (ev: StateEvent, changed: boolean) => void;
 
@@ -28,6 +30,8 @@ export type AppliedListener = (ev: StateEvent, changed: boolean) => void;
 export type RegistrySource = 'local' | 'remote';
 export type RegistryChangesListener = (changes: Uint8Array[], source: RegistrySource) => void;
 export type RegistryDiffListener = (diff: RegistryDocDiff) => void;
+/** a worker's prefix cache was flushed: its blocks seen at or before `epoch` (packed HLC) are void */
+export type CacheFlushListener = (worker: string, epoch: number) => void;
 
 export interface ReplicaOptions {
   nodeId: string;
@@ -39,6 +43,13 @@ export interface ReplicaOptions {
   rateLimitWindowMs?: number;
   /** the registry document (restored from the store); default: a fresh one for incarnation 0 */
   registryDoc?: RegistryDoc;
+  /**
+   * The full validation of worker specs read from the document (the gateway's WorkerSpec schema):
+   * a spec it refuses, from a peer or from disk, never reaches the routing registry.
+   */
+  workerSpecCheck?: WorkerSpecCheck;
+  /** seals worker keys in the registry document (given or fresh); default: a key of this process */
+  sealer?: SecretSealer;
 }
 
 export class Replica {
@@ -61,6 +72,9 @@ export class Replica {
   private readonly listeners: AppliedListener[] = [];
   private readonly registryListeners: RegistryChangesListener[] = [];
   private readonly diffListeners: RegistryDiffListener[] = [];
+  private readonly flushListeners: CacheFlushListener[] = [];
+  /** worker id → cache epoch (see cache-flush.ts): its blocks seen at or before it are void */
+  private flushEpochs: ReadonlyMap<string, number> = new Map();
 
   constructor(opts: ReplicaOptions) {
     this.nodeId = opts.nodeId;
@@ -69,8 +83,12 @@ export class Replica {
     this.cache = new CacheIndex(opts.cacheBlocksPerWorker);
     this.rateLimits = new RateLimitUsage(opts.nodeId, { windowMs: opts.rateLimitWindowMs, now: opts.now });
     this.globalRate = new RateLimitUsage(opts.nodeId, { windowMs: GLOBAL_RATE_WINDOW_MS, now: opts.now });
-    this.doc = opts.registryDoc ?? RegistryDoc.create(actorIdFor(opts.nodeId, 0));
+    this.doc = opts.registryDoc ?? RegistryDoc.create(actorIdFor(opts.nodeId, 0), { sealer: opts.sealer });
+    // a restored document opens its keys with this node's sealer before anything reads it
+    if (opts.registryDoc && opts.sealer) opts.registryDoc.setSealer(opts.sealer);
+    if (opts.workerSpecCheck) this.doc.setSpecCheck(opts.workerSpecCheck);
     this.doc.onChange((diff) => this.onDocChange(diff));
+    this.refreshCacheEpochs();
     // a document restored from disk: its workers are the registry before any peer answers
     const restored = this.doc.workers();
     if (restored.size > 0 || this.doc.removed().size > 0)
@@ -134,7 +152,50 @@ export class Replica {
       if (spec) this.apply({ kind: 'worker.upsert', id, spec, hlc: this.tick() });
     }
     for (const id of diff.removed) this.apply({ kind: 'worker.remove', id, hlc: this.tick() });
+    if (diff.configChanged) this.refreshCacheEpochs();
     for (const l of this.diffListeners) l(diff);
+  }
+
+  /**
+   * `POST /flush_cache`: the workers' caches were emptied now. Records one cache epoch for all of
+   * them in the registry (so every peer, and every restart, forgets their prefix blocks up to now)
+   * and drops this node's entries they supersede, or that name removed workers.
+   */
+  flushCacheIndex(workers: readonly string[]): void {
+    if (workers.length === 0) return;
+    const epoch = packHlc(this.tick());
+    const flushed = new Set(workers);
+    const entries = new Map<string, string | undefined>();
+    for (const key of this.doc.config().keys()) {
+      const worker = cacheFlushWorker(key);
+      if (worker !== undefined && (flushed.has(worker) || this.doc.isRemoved(worker)))
+        entries.set(key, undefined);
+    }
+    for (const w of flushed) entries.set(cacheFlushKey(w, this.nodeId), encodeCacheFlush(epoch));
+    this.writeRegistry((d) => d.writeConfig(entries));
+  }
+
+  /** worker id → cache epoch (packed HLC), for the workers whose cache was ever flushed */
+  cacheEpochs(): ReadonlyMap<string, number> {
+    return this.flushEpochs;
+  }
+
+  /** a flushed cache (here, on a peer, or read back from the store) */
+  onCacheFlushed(listener: CacheFlushListener): () => void {
+    return subscribe(this.flushListeners, listener);
+  }
+
+  /** applies epochs that moved: the clock passes them (so what this node records next is newer) */
+  private refreshCacheEpochs(): void {
+    const next = cacheFlushEpochs(this.doc.config());
+    const prev = this.flushEpochs;
+    this.flushEpochs = next;
+    for (const [worker, epoch] of next) {
+      if (epoch <= (prev.get(worker) ?? 0)) continue;
+      this.clock.observe(unpackHlc(epoch, this.nodeId));
+      this.cache.dropWorkerBlocks(worker, epoch);
+      for (const l of this.flushListeners) l(worker, epoch);
+    }
   }
 
   /** every rate-limit usage this node keeps (the mesh gossips their slots) */
@@ -189,9 +250,13 @@ export class Replica {
         return this.registry.isRemoved(ev.id) ? false : this.load.applyEngineLoad(ev);
       case 'load.snapshot':
         return this.load.applySnapshot(ev);
-      case 'cache.blocks':
+      case 'cache.blocks': {
         // a removed worker's id never comes back (re-registration mints a new id)
-        return this.registry.isRemoved(ev.worker) ? false : this.cache.apply(ev);
+        if (this.registry.isRemoved(ev.worker)) return false;
+        // blocks of a cache emptied since (a late delta, a snapshot, the store) are void
+        if (this.flushEpochs.size > 0 && ev.seen <= (this.flushEpochs.get(ev.worker) ?? 0)) return false;
+        return this.cache.apply(ev);
+      }
       case 'ratelimit.slots':
         // each usage takes only slots of its own window length
         return ev.windowMs === this.globalRate.windowMs && ev.windowMs !== this.rateLimits.windowMs

@@ -51,10 +51,30 @@ export interface WorkerSpec {
   api_key?: string;
   bootstrap_port?: number;
   health: WorkerHealthConfig;
-  http_pool?: Record<string, number>;
+  /** SMG's per-worker pool overrides: stored and shown, not applied (pools are gateway-wide here) */
+  http_pool?: WorkerHttpPool;
   resilience?: WorkerResilience;
   max_connection_attempts: number;
   load_monitor_interval_secs?: number;
+  // SMG's fields for data-parallel, PD-disaggregated, multimodal and ZMQ workers: stored as given
+  // and shown by GET /workers; this version's HTTP mode does not act on them
+  dp_base_url?: string;
+  dp_rank?: number;
+  dp_size?: number;
+  kv_connector?: string;
+  kv_role?: string;
+  kv_engine_id?: string;
+  kv_block_size?: number;
+  multimodal_tensor_transport?: 'inline' | 'shm' | 'auto' | 'rdma';
+  multimodal_shm_min_bytes?: number;
+  zmq_handshake_address?: string;
+}
+
+export interface WorkerHttpPool {
+  pool_max_idle_per_host?: number;
+  pool_idle_timeout_secs?: number;
+  timeout_secs?: number;
+  connect_timeout_secs?: number;
 }
 
 /** What `/v1/loads` (or `/metrics`) of an engine reported; feeds least_load and power_of_two. */

@@ -4,6 +4,7 @@
  * killed on `stopAll()`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,22 +23,71 @@ export interface Proc {
 
 const running = new Set<Proc>();
 
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * Ports for test processes come from a slice of 10000–32767 of this process's own (by vitest pool
+ * or PID), never from the kernel's ephemeral range (32768–60999 here): a port taken with listen(0)
+ * and closed again can be handed by the kernel to the next outgoing connection (a gateway dialling
+ * its engines) before the process it was meant for binds it. Within the slice a port is handed
+ * out once per run, and only after a TCP listen and a UDP bind on it succeeded (the mesh port is
+ * both).
+ */
+const PORT_LOW = 10_000;
+const PORT_HIGH = 32_767;
+const SLICE = 1_500;
+const slices = Math.floor((PORT_HIGH - PORT_LOW + 1) / SLICE);
+const poolId = Number(process.env.VITEST_POOL_ID ?? process.env.VITEST_WORKER_ID ?? process.pid);
+const sliceStart = PORT_LOW + ((Number.isFinite(poolId) ? poolId : process.pid) % slices) * SLICE;
+let nextInSlice = 0;
+const handedOut = new Set<number>();
+
+function tcpFree(port: number, host: string): Promise<boolean> {
+  return new Promise((resolve) => {
     const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const a = srv.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen({ port, host, exclusive: true }, () => srv.close(() => resolve(true)));
   });
 }
 
-export function spawnSmg(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
+function udpFree(port: number, host: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = dgram.createSocket(net.isIPv6(host) ? 'udp6' : 'udp4');
+    sock.once('error', () => {
+      sock.close();
+      resolve(false);
+    });
+    sock.bind(port, host, () => sock.close(() => resolve(true)));
+  });
+}
+
+async function portFree(port: number, host: string): Promise<boolean> {
+  return (await tcpFree(port, host)) && (await udpFree(port, host));
+}
+
+/** `count` consecutive ports, each free for TCP and UDP on `host`, not handed out before in this run */
+export async function freePorts(count: number, host = '127.0.0.1'): Promise<number[]> {
+  for (let attempt = 0; attempt < SLICE; attempt++) {
+    if (nextInSlice + count > SLICE) nextInSlice = 0;
+    const first = sliceStart + nextInSlice;
+    nextInSlice += count;
+    const run = Array.from({ length: count }, (_, i) => first + i);
+    if (run.some((p) => handedOut.has(p))) continue;
+    const free = await Promise.all(run.map((p) => portFree(p, host)));
+    if (!free.every(Boolean)) continue;
+    for (const p of run) handedOut.add(p);
+    return run;
+  }
+  throw new Error(`no run of ${count} free ports left in ${sliceStart}–${sliceStart + SLICE - 1}`);
+}
+
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  return (await freePorts(1, host))[0];
+}
+
+export function spawnSmg(args: string[], env: NodeJS.ProcessEnv = {}, opts: { cwd?: string } = {}): Proc {
   const child = spawn(process.execPath, [SMG_ENTRY, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
+    ...(opts.cwd !== undefined && { cwd: opts.cwd }),
   });
   return trackProcess(child, running);
 }
@@ -111,15 +161,8 @@ export interface MockFleetProc extends Proc {
 }
 
 export async function startMockFleet(count: number, extra: string[] = []): Promise<MockFleetProc> {
-  const ports: number[] = [];
-  // consecutive free ports: the mock takes --port P --count N
-  for (let attempt = 0; attempt < 20 && ports.length === 0; attempt++) {
-    const base = await freePort();
-    const candidates = Array.from({ length: count }, (_, i) => base + i);
-    const free = await Promise.all(candidates.map((p) => portIsFree(p)));
-    if (free.every(Boolean)) ports.push(...candidates);
-  }
-  if (ports.length === 0) throw new Error('no run of free ports found');
+  // consecutive ports: the mock takes --port P --count N
+  const ports = await freePorts(count);
   const proc = spawnSmg(['mock-worker', '--port', String(ports[0]), '--count', String(count), ...extra]);
   const urls = ports.map((p) => `http://127.0.0.1:${p}`);
   await Promise.all(urls.map((u) => waitFor(() => answers(`${u}/health`), 15_000, `mock ${u}`, proc)));
@@ -172,23 +215,19 @@ export async function startEphemeralMockFleet(
   return Object.assign(proc, { urls });
 }
 
-function portIsFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-  });
-}
-
 export interface GatewayProc extends Proc {
   url: string;
   metricsUrl: string;
 }
 
-/** starts `smg launch` on free ports; waits until /readiness is 200 unless `waitReady` is false */
+/**
+ * Starts `smg launch` on free ports; waits until /readiness is 200 unless `waitReady` is false.
+ * Keeps no state (`--data-dir none`) unless the caller gives `--data-dir` or a working directory
+ * (`cwd`), where the default data dir `./.smg/<node-name>` then goes.
+ */
 export async function startGatewayProc(
   args: string[],
-  opts: { waitReady?: boolean; readyTimeoutMs?: number } = {},
+  opts: { waitReady?: boolean; readyTimeoutMs?: number; cwd?: string } = {},
 ): Promise<GatewayProc> {
   const port = await freePort();
   const promPort = await freePort();
@@ -200,9 +239,12 @@ export async function startGatewayProc(
     ['--log-level', 'warn'],
     // SIGTERM drains for min(grace/2, 5 s) before closing: keep test and benchmark stops quick
     ['--shutdown-grace-period-secs', '2'],
+    // no state kept unless the caller asks for it: the default, ./.smg/<host>-<port> in the working
+    // directory, would leave a store per test run in the repository
+    ...(opts.cwd === undefined ? [['--data-dir', 'none'] as [string, string]] : []),
   ];
   const given = new Set(args.filter((a) => a.startsWith('--')).map((a) => a.split('=')[0]));
-  const proc = spawnSmg(['launch', ...defaults.filter(([f]) => !given.has(f)).flat(), ...args]);
+  const proc = spawnSmg(['launch', ...defaults.filter(([f]) => !given.has(f)).flat(), ...args], {}, opts);
   // flags given by the caller win over the defaults above
   const flag = (name: string): string | undefined => {
     const i = args.indexOf(name);

@@ -16,14 +16,13 @@ function run(start: HealthState, results: boolean[], budget?: number): HealthSta
 const statuses = (xs: HealthState[]) => xs.map((s) => s.status);
 
 describe('health state machine (SMG §5.3)', () => {
-  it('pending → ready after s consecutive successes', () => {
-    expect(statuses(run(initialHealth(), [true, true]))).toEqual(['pending', 'ready']);
-    expect(statuses(run(initialHealth(), [true, false, true, true]))).toEqual([
-      'pending',
-      'pending',
-      'pending',
+  it('pending → ready at the first success (first admission ignores s, as SMG activates on registration)', () => {
+    expect(statuses(run(initialHealth(), [true]))).toEqual(['ready']);
+    expect(statuses(run(initialHealth(), [false, false, true]))).toEqual(['pending', 'pending', 'ready']);
+    // with any success threshold
+    expect(nextHealth(initialHealth(), true, { successThreshold: 5, failureThreshold: 3 }).status).toBe(
       'ready',
-    ]);
+    );
   });
 
   it('pending → failed after 10·f probes without promotion', () => {
@@ -52,6 +51,12 @@ describe('health state machine (SMG §5.3)', () => {
   it('not_ready → ready after s successes, → failed after 3·f consecutive failures', () => {
     const notReady: HealthState = { ...initialHealth('not_ready'), consecutiveFailures: 3 };
     expect(statuses(run(notReady, [true, true]))).toEqual(['not_ready', 'ready']);
+    expect(statuses(run(notReady, [true, false, true, true]))).toEqual([
+      'not_ready',
+      'not_ready',
+      'not_ready',
+      'ready',
+    ]);
     const out = run(notReady, Array(6).fill(false));
     expect(out[4].status).toBe('not_ready');
     expect(out[5].status).toBe('failed');

@@ -1,15 +1,17 @@
 /**
  * Worker health: SMG's state machine (inventory §5.3) as a pure function, plus the prober that
  * drives it. With success threshold s and failure threshold f:
- *   pending   → ready     after s consecutive successes
+ *   pending   → ready     at the first successful probe
  *   pending   → failed    after 10·f probe intervals without becoming ready
  *   ready     → not_ready after f consecutive failures
  *   not_ready → ready     after s consecutive successes
  *   not_ready → failed    after 3·f consecutive failures
  *   failed is terminal; draining is left alone by probes.
- * A pending worker is probed a second after its first probe (not an interval later) so it becomes
- * routable as soon as it is healthy; while it never answers, the WorkerManager backs off (doubling
- * up to the interval) and counts the 10·f intervals in wall time from its first probe, passing the
+ * First admission is SMG's registration workflow, which activates a worker once it has answered:
+ * the success threshold governs recovery from failure (not_ready), not a new worker's first
+ * answer, so a worker added with `POST /workers` serves as soon as its first probe (sent at once)
+ * succeeds. While it never answers, the WorkerManager retries it with backoff (1 s, doubling up to
+ * the interval) and counts the 10·f intervals in wall time from its first probe, passing the
  * budget as 0 once they are over (see probe-scheduler.ts).
  */
 import type { WorkerStatus } from '../state/worker.js';
@@ -48,7 +50,7 @@ export function nextHealth(
   switch (s.status) {
     case 'pending': {
       const probes = s.pendingProbes + 1;
-      if (succ >= t.successThreshold) return { ...base, status: 'ready', pendingProbes: 0 };
+      if (ok) return { ...base, status: 'ready', pendingProbes: 0 };
       if (probes >= pendingProbeBudget) return { ...base, status: 'failed', pendingProbes: probes };
       return { ...base, status: 'pending', pendingProbes: probes };
     }

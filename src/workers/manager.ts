@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import type { HealthConfig } from '../cli/config-types.js';
 import type { Metrics } from '../observability/metrics.js';
 import { errors } from '../protocols/errors.js';
-import type { WorkerPatch } from '../protocols/worker-spec.js';
+import { WORKER_SPEC_LIMITS, workerSpecSizeProblem, type WorkerPatch } from '../protocols/worker-spec.js';
 import type { Replica } from '../state/replica.js';
 import type { EngineLoad, WorkerSpec, WorkerStatus } from '../state/worker.js';
 import { initialHealth, nextHealth, type HealthState } from './health.js';
@@ -73,6 +73,11 @@ interface Runtime {
   probing: boolean;
   stopped: boolean;
   drainTimer?: NodeJS.Timeout;
+  /**
+   * Registered on this node and not yet judged: probed here whoever its probers are, so it serves
+   * from here once it answers its first probe (its probers, on other peers, learn of it by gossip).
+   */
+  admitting?: boolean;
 }
 
 export interface WorkerManagerOptions {
@@ -148,7 +153,7 @@ export class WorkerManager {
     if (this.closed) return;
     for (const rt of this.runtimes.values()) {
       if (rt.stopped || rt.drainTimer || this.healthDisabled(rt.spec)) continue;
-      const mine = this.duty ? this.duty.isProber(rt.id) : true;
+      const mine = !this.duty || this.duty.isProber(rt.id) || rt.admitting === true;
       if (!mine) {
         this.probes.cancel(rt.id);
       } else if (!this.probes.isScheduled(rt.id) && !rt.probing) {
@@ -175,11 +180,8 @@ export class WorkerManager {
   /** starts probes and polls for every worker already in the registry (restored from the data dir) */
   adoptExisting(): void {
     for (const w of this.o.replica.registry.list()) {
-      if (this.runtimes.has(w.id)) continue;
-      const rt = this.start(w.id, w.spec);
-      // known before the restart: one good probe brings it back (a new worker needs the threshold)
-      const threshold = w.spec.health.success_threshold ?? this.o.health.successThreshold;
-      rt.health = { ...rt.health, consecutiveSuccesses: Math.max(0, threshold - 1) };
+      // pending until its first probe answers, as a new worker (see health.ts)
+      if (!this.runtimes.has(w.id)) this.start(w.id, w.spec);
     }
   }
 
@@ -204,7 +206,7 @@ export class WorkerManager {
   register(spec: WorkerSpec): string {
     if (this.o.replica.registry.getByUrl(spec.url)) throw errors.workerExists(spec.url);
     const id = randomUUID();
-    this.start(id, spec);
+    this.start(id, spec).admitting = true;
     this.upsert(id, spec);
     this.o.logger.info({ worker_id: id, url: spec.url }, 'worker registered');
     return id;
@@ -223,7 +225,7 @@ export class WorkerManager {
       batch.push([randomUUID(), spec]);
     }
     if (batch.length === 0) return [];
-    for (const [id, spec] of batch) this.start(id, spec);
+    for (const [id, spec] of batch) this.start(id, spec).admitting = true;
     this.o.replica.writeRegistry((d) => d.upsertWorkers(batch));
     for (const [id, spec] of batch) this.o.logger.info({ worker_id: id, url: spec.url }, 'worker registered');
     return batch.map(([id]) => id);
@@ -337,6 +339,9 @@ export class WorkerManager {
       ...(patch.api_key !== undefined ? { api_key: patch.api_key } : {}),
       ...(patch.health !== undefined ? { health: { ...cur.spec.health, ...patch.health } } : {}),
     };
+    // each patched field passed its schema; the whole spec must still fit one replicated write
+    const tooBig = workerSpecSizeProblem(spec);
+    if (tooBig !== undefined) throw errors.invalidWorker(tooBig);
     this.upsert(id, spec);
   }
 
@@ -485,7 +490,14 @@ export class WorkerManager {
     try {
       const parsed = JSON.parse(res.body) as { data?: { id?: unknown; owned_by?: unknown }[] };
       const data = Array.isArray(parsed.data) ? parsed.data : [];
-      models = data.map((m) => m?.id).filter((x): x is string => typeof x === 'string' && x !== '');
+      // an engine's list is input like any other: ids a WorkerSpec could not hold are skipped
+      models = data
+        .map((m) => m?.id)
+        .filter(
+          (x): x is string =>
+            typeof x === 'string' && x !== '' && x.length <= WORKER_SPEC_LIMITS.modelIdChars,
+        )
+        .slice(0, WORKER_SPEC_LIMITS.models);
       const owner = data.find((m) => typeof m?.owned_by === 'string')?.owned_by;
       if (typeof owner === 'string' && /^[a-z0-9_.-]{1,32}$/i.test(owner)) ownedBy = owner.toLowerCase();
     } catch {
@@ -519,8 +531,15 @@ export class WorkerManager {
       // SMG detects the backend from `owned_by` (sglang, vllm, …) when the spec does not name it
       const runtime = cur.spec.runtime === 'unspecified' && found.ownedBy ? found.ownedBy : cur.spec.runtime;
       const models = found.models.length > 0 && cur.spec.models.length === 0 ? found.models : cur.spec.models;
-      if (runtime !== cur.spec.runtime || models !== cur.spec.models)
-        batch.push([id, { ...cur.spec, runtime, models }]);
+      if (runtime === cur.spec.runtime && models === cur.spec.models) continue;
+      const spec = { ...cur.spec, runtime, models };
+      const tooBig = workerSpecSizeProblem(spec);
+      const rt = this.runtimes.get(id);
+      if (tooBig !== undefined) {
+        if (rt) rt.job = { state: 'completed', message: `discovered models not recorded: ${tooBig}` };
+        continue;
+      }
+      batch.push([id, spec]);
     }
     this.discovered.clear();
     if (batch.length > 0) this.o.replica.writeRegistry((d) => d.upsertWorkers(batch));
@@ -536,7 +555,9 @@ export class WorkerManager {
     const rt = this.runtimes.get(id);
     const view = this.o.replica.registry.get(id);
     if (!rt || !view || rt.stopped || rt.probing) return;
-    if (this.duty && !this.duty.isProber(rt.id)) return; // another peer's duty now
+    // a verdict reached elsewhere ends this node's admission probing
+    if (rt.admitting && view.status !== 'pending') rt.admitting = false;
+    if (this.duty && !this.duty.isProber(rt.id) && !rt.admitting) return; // another peer's duty now
     rt.probing = true;
     rt.lastProbeAt = this.now();
     if (rt.pendingSince === 0) rt.pendingSince = rt.lastProbeAt;
@@ -560,6 +581,7 @@ export class WorkerManager {
     const budget = pendingFor >= 10 * t.failureThreshold * intervalMs ? 0 : Number.POSITIVE_INFINITY;
     const before = rt.health.status;
     rt.health = nextHealth(rt.health, ok, t, budget);
+    if (rt.health.status !== 'pending') rt.admitting = false;
     if (rt.health.status !== before) {
       this.setStatus(rt, rt.health.status);
       const why = 'error' in res ? res.error : `HTTP ${res.status}`;

@@ -250,7 +250,7 @@ export const PENDING_PROBE_MS = 1000;
  *    exponential backoff from PENDING_PROBE_MS, doubling per failure, ±25 % by phase so a fleet
  *    registered at once does not retry in lockstep; once it reaches the interval, the interval
  *    cadence below.
- *  - a pending worker that answered (and needs more successes): PENDING_PROBE_MS.
+ *  - a pending worker without a failure yet: PENDING_PROBE_MS.
  *  - otherwise the interval, pinned to the worker's phase: the next probe falls at the first
  *    instant ≥ now + interval/2 whose offset within the interval (on the wall clock) equals
  *    phase × interval. Consecutive probes of a worker are thus exactly one interval apart, and the

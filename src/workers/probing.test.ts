@@ -192,7 +192,7 @@ describe('WorkerManager probing', () => {
   });
 
   it('probes only the workers its duty assigns, takes over when the duty changes, and probes at once on a hint', async () => {
-    const f = fleet();
+    const f = fleet({}, ['http://w1:8000', 'http://w2:8000']);
     const mine = new Set<string>();
     const dutyListeners: (() => void)[] = [];
     const hintListeners: ((id: string) => void)[] = [];
@@ -209,7 +209,10 @@ describe('WorkerManager probing', () => {
     };
     f.manager.setProbeDuty(duty);
     f.alive.add('http://w1:8000');
-    const id = f.manager.register(testWorkerSpec('http://w1:8000'));
+    f.alive.add('http://w2:8000');
+    // registered by a peer (it arrives through the registry): another peer's duty, never probed here
+    const id = 'a1b2c3d4-0000-4000-8000-000000000001';
+    f.replica.writeRegistry((d) => d.upsertWorker(id, testWorkerSpec('http://w1:8000')));
     await f.run(3 * INTERVAL_MS);
     expect(f.probes.get('http://w1:8000')).toEqual([]);
 
@@ -231,5 +234,13 @@ describe('WorkerManager probing', () => {
     for (const l of dutyListeners) l();
     await f.run(3 * INTERVAL_MS);
     expect(f.probes.get('http://w1:8000')).toHaveLength(2);
+
+    // registered on this node: probed here until its first verdict (admission), then only by its probers
+    const own = f.manager.register(testWorkerSpec('http://w2:8000'));
+    await f.run(300);
+    expect(f.status(own)).toBe('ready');
+    expect(f.probes.get('http://w2:8000')).toHaveLength(1);
+    await f.run(3 * INTERVAL_MS);
+    expect(f.probes.get('http://w2:8000')).toHaveLength(1);
   });
 });

@@ -56,16 +56,16 @@ function setup(cfg: Partial<AdmissionConfig>, deps: Partial<AdmissionDeps> = {})
     pending?: PendingAdmission;
     calls: number;
   }
-  const admit = (req: Partial<AdmissionRequest> = {}): Res => {
+  /** as the request path does: admitted on the headers, then started once the body named the model */
+  const admit = (req: Partial<AdmissionRequest> & { model?: string } = {}): Res => {
     const r: Res = { calls: 0 };
-    r.pending = admission.admit(
-      { tenant: 'auth:a', priority: undefined, model: 'm', estimatedTokens: 100, ...req },
-      (err, ticket) => {
-        r.calls++;
-        r.err = err;
-        r.ticket = ticket;
-      },
-    );
+    const { model = 'm', ...headers } = req;
+    const full = { tenant: 'auth:a', priority: undefined, estimatedTokens: 100, ...headers };
+    r.pending = admission.admit(full, (err, ticket) => {
+      r.calls++;
+      r.err = err ?? ticket?.start(model, full.estimatedTokens);
+      r.ticket = ticket;
+    });
     return r;
   };
   return { admission, admit, clock, replica, metrics, logger };
@@ -234,7 +234,7 @@ describe('Admission: tenant limits with a queue behind them', () => {
 
   it('a done callback that throws gets its ticket released and is logged', () => {
     const { admission, logger } = setup({ maxConcurrentRequests: 1 });
-    admission.admit({ tenant: 'anonymous', priority: undefined, model: '', estimatedTokens: 0 }, () => {
+    admission.admit({ tenant: 'anonymous', priority: undefined, estimatedTokens: 0 }, () => {
       throw new Error('boom');
     });
     expect(logger.errors).toHaveLength(1);
@@ -310,5 +310,39 @@ describe('Admission: priority scheduler', () => {
     admission.close();
     expect(q.err?.status).toBe(408);
     expect(q.err?.code).toBe('scheduler_queue_timeout');
+  });
+});
+
+describe('Admission: decided on the headers, the model rule once the body is read', () => {
+  const rules: TenantRateLimitRules = {
+    default_policy: {
+      requests_per_minute: 10,
+      model_rules: [{ rule_id: 'big', matcher: { type: 'exact', value: 'big' }, requests_per_minute: 1 }],
+    },
+  };
+
+  it('a request refused by its model rule at start costs neither the tenant nor the cluster any quota', () => {
+    const { admit, replica, clock } = setup({ tenantRateLimit: true }, { tenantRules: rules });
+    const tenant = () => replica.rateLimits.estimate('tenant:auth:a', clock.t).requests;
+    const first = admit({ model: 'big' });
+    expect(first.err).toBeUndefined();
+    const second = admit({ model: 'big' });
+    expect(second.err?.code).toBe('tenant_rate_limit_exceeded');
+    expect(second.err?.message).toContain('model rule big');
+    second.ticket?.release();
+    expect(tenant()).toBe(1);
+    // another model of the same tenant is not held back by that rule
+    expect(admit({ model: 'small' }).err).toBeUndefined();
+    expect(tenant()).toBe(2);
+  });
+
+  it('a ticket released before start (body never read) gives its reservation back', () => {
+    const { admission, replica, clock } = setup({ tenantRateLimit: true }, { tenantRules: rules });
+    let ticket: AdmissionTicket | undefined;
+    admission.admit({ tenant: 'auth:a', priority: undefined, estimatedTokens: 5 }, (_e, t) => (ticket = t));
+    expect(replica.rateLimits.estimate('tenant:auth:a', clock.t).requests).toBe(1); // reserved
+    ticket?.release();
+    expect(replica.rateLimits.estimate('tenant:auth:a', clock.t).requests).toBe(0);
+    expect(replica.rateLimits.takeDirty(clock.t)).toEqual([]);
   });
 });

@@ -1,16 +1,21 @@
 /**
- * Admission: the one object the request path asks "may this request run now?". In order:
+ * Admission: the one object the request path asks "may this request run now?". It decides on
+ * what the headers tell (tenant, priority, declared body size), before the body is read, so a
+ * request that waits or is refused has cost no memory for its body. In order:
  * 0. the cluster-wide request rate limit (`/mesh/rate-limit`, with `globalRateLimit`), then
- * 1. tenant rate limits (cheap reject, nothing queued), then
+ * 1. the tenant's own rate limits (cheap reject, nothing queued), then
  * 2. either the priority scheduler (`--priority-scheduler-enabled`) or the legacy concurrency
  *    limit + start rate + FIFO queue (`--max-concurrent-requests > 0`).
- * A request refused or abandoned at a later step gives its global and tenant quota back.
+ * Once the admitted request's body is read, `ticket.start(model)` checks the tenant's model rule
+ * (the model is only known from the body) and only then commits the quota: a request refused or
+ * abandoned at any step before gives its global and tenant quota back.
  *
  * The decision is synchronous whenever it can be: `done` runs before `admit` returns, and no
  * promise is allocated. Only a request that has to wait gets a `PendingAdmission` handle; it ends
  * in exactly one of `done(…)` (admitted, 408, close) or the caller's `cancel()`.
  *
  * Wiring expected from the request path and the app:
+ * - `ticket.start(model, tokens)` once the body is read (an error: answer it, then `release()`);
  * - `ticket.firstByte()` when the first response byte goes out, `ticket.onPreempt` set right after
  *   admission (preemption answers 503 `errors.schedulerPreempted()` and calls `release`), and
  *   `ticket.release({ totalTokens })` when the body ends or the client leaves;
@@ -64,13 +69,17 @@ export interface AdmissionRequest {
   tenant: string;
   /** raw x-smg-priority header value */
   priority: string | undefined;
-  /** resolved model id, '' if none */
-  model: string;
-  /** estimated input tokens (request bytes / 4) */
+  /** estimated input tokens (declared request bytes / 4; 0 when the length is not declared) */
   estimatedTokens: number;
 }
 
 export interface AdmissionTicket {
+  /**
+   * The body is read and names `model` (resolved id, '' if none): checks the tenant's model rule,
+   * then commits the request's quota. An error (429 of the model rule) leaves the ticket to be
+   * released. Idempotent once it succeeded.
+   */
+  start(model: string, estimatedTokens: number): SmgError | undefined;
   /** the response's first byte went to the client: no longer preemptible */
   firstByte(): void;
   /** set by the caller; invoked at most once if preempted before firstByte */
@@ -108,15 +117,31 @@ export interface AdmissionDeps {
 
 class Ticket implements AdmissionTicket {
   private released = false;
+  private started = false;
+  private ruleLease: TenantLease | undefined = undefined;
   private preemptHook: (() => void) | undefined = undefined;
   private wasPreempted = false;
 
   constructor(
-    private readonly logger: Logger,
+    private readonly admission: Admission,
+    private readonly tenant: string,
+    private readonly global: GlobalLease | undefined,
     private readonly lease: TenantLease | undefined,
     private readonly slot: ConcurrencySlot | undefined,
     private readonly permit: SchedulerPermit | undefined,
   ) {}
+
+  start(model: string, estimatedTokens: number): SmgError | undefined {
+    if (this.started || this.released) return undefined;
+    const r = this.admission.tenantLimiter?.reserveModel(this.tenant, model, estimatedTokens);
+    if (r instanceof SmgError) return r;
+    this.started = true;
+    this.ruleLease = r;
+    this.global?.commit();
+    this.lease?.commit();
+    this.ruleLease?.commit();
+    return undefined;
+  }
 
   get onPreempt(): (() => void) | undefined {
     return this.preemptHook;
@@ -135,11 +160,17 @@ class Ticket implements AdmissionTicket {
   release(usage?: { totalTokens?: number }): void {
     if (this.released) return;
     this.released = true;
-    if (this.lease) {
+    if (!this.started) {
+      // never ran (body not read, refused by its model rule, client gone): it costs no quota
+      this.global?.cancel();
+      this.lease?.cancel();
+    } else {
       const real = usage?.totalTokens;
-      // a preempted request produced nothing: only its request counts
-      const fallback = this.wasPreempted ? 0 : this.lease.reservedTokens;
-      this.lease.settle(real !== undefined && Number.isFinite(real) && real >= 0 ? real : fallback);
+      const known = real !== undefined && Number.isFinite(real) && real >= 0 ? real : undefined;
+      for (const l of [this.lease, this.ruleLease]) {
+        // a preempted request produced nothing: only its request counts
+        l?.settle(known ?? (this.wasPreempted ? 0 : l.reservedTokens));
+      }
     }
     this.slot?.release();
     this.permit?.release();
@@ -152,7 +183,7 @@ class Ticket implements AdmissionTicket {
     try {
       hook?.();
     } catch (err) {
-      this.logger.error({ err }, 'admission: onPreempt hook threw');
+      this.admission.logger.error({ err }, 'admission: onPreempt hook threw');
     }
   }
 }
@@ -164,6 +195,7 @@ class Attempt implements PendingAdmission {
 
   constructor(
     private readonly admission: Admission,
+    private readonly tenant: string,
     private readonly lease: TenantLease | undefined,
     private readonly global: GlobalLease | undefined,
     private readonly done: AdmissionDone,
@@ -204,9 +236,11 @@ class Attempt implements PendingAdmission {
       this.admission.deliver(this.done, err, undefined);
       return;
     }
-    this.global?.commit();
-    this.lease?.commit();
-    this.admission.deliver(this.done, undefined, new Ticket(this.admission.logger, this.lease, slot, permit));
+    this.admission.deliver(
+      this.done,
+      undefined,
+      new Ticket(this.admission, this.tenant, this.global, this.lease, slot, permit),
+    );
   }
 }
 
@@ -238,12 +272,14 @@ export class Admission {
   }
 
   readonly logger: Logger;
-  private readonly tenantLimiter: TenantRateLimiter | undefined;
+  /** @internal read by tickets for the model rule */
+  readonly tenantLimiter: TenantRateLimiter | undefined;
   private readonly globalLimiter: GlobalRateLimiter | undefined;
   private readonly concurrency: ConcurrencyLimiter | undefined;
   private readonly scheduler: PriorityScheduler | undefined;
   private unsubscribe: (() => void) | undefined;
   private capacityUpdateQueued = false;
+  private readonly queueTimeoutMs: number;
 
   private constructor(
     cfg: AdmissionConfig,
@@ -252,6 +288,7 @@ export class Admission {
     priorityFile: PrioritySchedulerFile | undefined,
   ) {
     this.logger = deps.logger;
+    this.queueTimeoutMs = cfg.queueTimeoutSecs * 1000;
     const now = deps.now ?? Date.now;
     const timers = deps.timers ?? realTimers;
     const metrics = deps.metrics;
@@ -321,7 +358,7 @@ export class Admission {
     }
     let lease: TenantLease | undefined;
     if (this.tenantLimiter) {
-      const r = this.tenantLimiter.reserve(req.tenant, req.model, req.estimatedTokens);
+      const r = this.tenantLimiter.reserve(req.tenant, req.estimatedTokens);
       if (r instanceof SmgError) {
         global?.cancel();
         this.deliver(done, r, undefined);
@@ -330,18 +367,22 @@ export class Admission {
       lease = r;
     }
     if (!this.scheduler && !this.concurrency) {
-      global?.commit();
-      lease?.commit();
-      this.deliver(done, undefined, new Ticket(this.logger, lease, undefined, undefined));
+      this.deliver(done, undefined, new Ticket(this, req.tenant, global, lease, undefined, undefined));
       return undefined;
     }
-    const attempt = new Attempt(this, lease, global, done);
+    const attempt = new Attempt(this, req.tenant, lease, global, done);
     const wait = this.scheduler
       ? this.scheduler.admit(this.scheduler.resolve(req.tenant, req.priority), attempt.onGrant)
       : (this.concurrency as ConcurrencyLimiter).acquire(attempt.onGrant);
     if (!wait) return undefined;
     attempt.wait = wait;
     return attempt;
+  }
+
+  /** the longest a request can wait for admission (its headers are in, its body not yet read) */
+  maxQueueWaitMs(): number {
+    if (this.scheduler) return this.scheduler.maxQueueWaitMs();
+    return this.concurrency ? this.queueTimeoutMs : 0;
   }
 
   /** sets the smg_scheduler_* gauges; call it from the metrics scrape hook */

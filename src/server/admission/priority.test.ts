@@ -494,6 +494,13 @@ tenant_policies:
       /queue_timeout_secs: expected a number of seconds > 0/,
     ],
     [
+      'a timeout beyond what a timer can wait',
+      'classes: { bulk: { starvation_threshold_secs: 3000000 } }\n',
+      /starvation_threshold_secs: expected a number of seconds > 0 and at most 2073600 \(24 days/,
+    ],
+    ['a repeated key', 'capacity: 10\ncapacity: 20\n', /invalid YAML: duplicate key "capacity" \(line 2\)/],
+    ['a file over 1 MiB', `# ${'x'.repeat(1024 * 1024)}\n`, /the file is larger than 1 MiB/],
+    [
       'a non-boolean can_preempt',
       'classes: { bulk: { can_preempt: "yes" } }\n',
       /can_preempt: expected true or false/,

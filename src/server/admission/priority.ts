@@ -19,10 +19,10 @@
  * - The tenant label of the clamp and unknown-priority counters keeps the first N tenants it sees
  *   (`--priority-scheduler-tenant-metric-top-n`); later ones are counted as `other`.
  */
-import { readFileSync } from 'node:fs';
-import { parse as parseYaml } from 'yaml';
 import type { PriorityClass } from '../../cli/config-types.js';
 import type { Metrics } from '../../observability/metrics.js';
+import { ConfigFileError, parseConfigSource, readConfigSource } from '../../protocols/config-file.js';
+import { MAX_DURATION_NOTE, MAX_DURATION_SECS } from '../../protocols/durations.js';
 import { errors, type SmgError } from '../../protocols/errors.js';
 import type { WorkerView } from '../../state/registry.js';
 import {
@@ -152,21 +152,13 @@ function isMapping(v: unknown): v is Record<string, unknown> {
 
 /** reads and validates `--priority-scheduler-config`; errors name the file and the key */
 export function loadPrioritySchedulerConfig(path: string): PrioritySchedulerFile {
-  let source: string;
-  try {
-    source = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new Error(`priority scheduler config ${path}: cannot read: ${(err as Error).message}`, {
-      cause: err,
-    });
-  }
   let doc: unknown;
   try {
-    doc = parseYaml(source);
+    doc = parseConfigSource(readConfigSource(path), 'yaml');
   } catch (err) {
-    throw new Error(`priority scheduler config ${path}: invalid YAML: ${(err as Error).message}`, {
-      cause: err,
-    });
+    const problem = err instanceof ConfigFileError ? err.problem : 'invalid';
+    const what = problem === 'unreadable' ? 'cannot read: ' : problem === 'invalid' ? 'invalid YAML: ' : '';
+    throw new Error(`priority scheduler config ${path}: ${what}${(err as Error).message}`, { cause: err });
   }
   return parsePrioritySchedulerConfig(doc, path);
 }
@@ -214,8 +206,11 @@ export function parsePrioritySchedulerConfig(doc: unknown, source: string): Prio
             break;
           case 'queue_timeout_secs':
           case 'starvation_threshold_secs':
-            if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
-              fail(at, `expected a number of seconds > 0, got ${show(v)}`);
+            if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > MAX_DURATION_SECS) {
+              fail(
+                at,
+                `expected a number of seconds > 0 and at most ${MAX_DURATION_SECS} (${MAX_DURATION_NOTE}), got ${show(v)}`,
+              );
             }
             cfg[k] = v as number;
             break;
@@ -542,6 +537,13 @@ export class PriorityScheduler {
       m.schedulerCapacityPressure.set({ class: cls }, this.pressure(c));
     }
     m.schedulerUtilization.set(this.capacity > 0 ? total / this.capacity : 0);
+  }
+
+  /** the longest any class lets a request wait */
+  maxQueueWaitMs(): number {
+    let secs = 0;
+    for (let c = BULK; c <= SYSTEM; c++) secs = Math.max(secs, this.settings.classes[c].queueTimeoutSecs);
+    return secs * 1000;
   }
 
   stats(): {

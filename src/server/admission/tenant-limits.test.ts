@@ -37,8 +37,8 @@ function rejection(r: TenantLease | SmgError | undefined): SmgError {
 describe('tenant rate limits: enforcement', () => {
   it('enforces requests per minute with Retry-After until the sliding window admits', () => {
     const { lim, clock } = limiter({ default_policy: { requests_per_minute: 3 } });
-    for (let i = 0; i < 3; i++) lease(lim.reserve('auth:a', 'm', 10)).commit();
-    const err = rejection(lim.reserve('auth:a', 'm', 10));
+    for (let i = 0; i < 3; i++) lease(lim.reserve('auth:a', 10)).commit();
+    const err = rejection(lim.reserve('auth:a', 10));
     expect(err.status).toBe(429);
     expect(err.code).toBe('tenant_rate_limit_exceeded');
     expect(err.message).toContain('3 requests per minute');
@@ -46,35 +46,35 @@ describe('tenant rate limits: enforcement', () => {
     // the look-back in the next window, i.e. 1/3 into it: 60 s + 20 s
     expect(err.headers['retry-after']).toBe('80');
     // other tenants have their own scope
-    expect(lim.reserve('auth:b', 'm', 10)).toBeInstanceOf(TenantLease);
+    expect(lim.reserve('auth:b', 10)).toBeInstanceOf(TenantLease);
     clock.t = T0 + W + 20_000;
-    expect(lim.reserve('auth:a', 'm', 10)).toBeInstanceOf(TenantLease);
+    expect(lim.reserve('auth:a', 10)).toBeInstanceOf(TenantLease);
   });
 
   it('enforces tokens per minute on the estimate, then on the real usage once settled', () => {
     const { lim, clock } = limiter({ default_policy: { tokens_per_minute: 1000 } });
-    const a = lease(lim.reserve('auth:a', 'm', 600));
+    const a = lease(lim.reserve('auth:a', 600));
     a.commit();
     // 600 reserved: 500 more would exceed
-    const err = rejection(lim.reserve('auth:a', 'm', 500));
+    const err = rejection(lim.reserve('auth:a', 500));
     expect(err.message).toContain('1000 tokens per minute');
     // the request really used 100 tokens: the rest comes back
     a.settle(100);
     a.settle(5000); // idempotent
     clock.t += 1000;
-    const b = lease(lim.reserve('auth:a', 'm', 850));
+    const b = lease(lim.reserve('auth:a', 850));
     b.settle(850);
-    expect(rejection(lim.reserve('auth:a', 'm', 100)).headers['retry-after']).toBeDefined();
+    expect(rejection(lim.reserve('auth:a', 100)).headers['retry-after']).toBeDefined();
   });
 
   it('a request refused later gives its reservation back; a committed one keeps its request', () => {
     const { lim, usage } = limiter({ default_policy: { requests_per_minute: 1, tokens_per_minute: 100 } });
-    const a = lease(lim.reserve('auth:a', 'm', 80));
-    expect(rejection(lim.reserve('auth:a', 'm', 1))).toBeInstanceOf(SmgError);
+    const a = lease(lim.reserve('auth:a', 80));
+    expect(rejection(lim.reserve('auth:a', 1))).toBeInstanceOf(SmgError);
     a.cancel();
     a.commit(); // after cancel: nothing
     expect(usage.estimate('tenant:auth:a', T0)).toEqual({ requests: 0, tokens: 0 });
-    const b = lease(lim.reserve('auth:a', 'm', 80));
+    const b = lease(lim.reserve('auth:a', 80));
     b.commit();
     b.cancel(); // too late to cancel: the request was admitted
     expect(usage.estimate('tenant:auth:a', T0)).toEqual({ requests: 1, tokens: 80 });
@@ -84,11 +84,11 @@ describe('tenant rate limits: enforcement', () => {
 
   it('a request larger than the whole token limit runs only in an idle window', () => {
     const { lim, clock } = limiter({ default_policy: { tokens_per_minute: 100 } });
-    const big = lease(lim.reserve('auth:a', 'm', 5000));
-    expect(rejection(lim.reserve('auth:a', 'm', 5000))).toBeInstanceOf(SmgError);
+    const big = lease(lim.reserve('auth:a', 5000));
+    expect(rejection(lim.reserve('auth:a', 5000))).toBeInstanceOf(SmgError);
     big.settle(5000);
     clock.t += 2 * W;
-    expect(lim.reserve('auth:a', 'm', 5000)).toBeInstanceOf(TenantLease);
+    expect(lim.reserve('auth:a', 5000)).toBeInstanceOf(TenantLease);
   });
 
   it('model rules: exact match first, then the longest prefix; each rule is its own scope', () => {
@@ -104,16 +104,17 @@ describe('tenant rate limits: enforcement', () => {
     const { lim } = limiter(rules);
     const count = (model: string) => {
       let n = 0;
-      while (lim.reserve('auth:a', model, 1) instanceof TenantLease) n++;
+      while (lim.reserveModel('auth:a', model, 1) instanceof TenantLease) n++;
       return n;
     };
     expect(count('llama-3-8b')).toBe(3);
     expect(count('llama-3-70b')).toBe(2);
     expect(count('llama-2')).toBe(1);
     // no rule and no tenant-wide limit: unlimited, no lease at all
-    expect(lim.reserve('auth:a', 'mistral', 1)).toBeUndefined();
-    expect(lim.reserve('auth:a', '', 1)).toBeUndefined();
-    const err = rejection(lim.reserve('auth:a', 'llama-3-8b', 1));
+    expect(lim.reserveModel('auth:a', 'mistral', 1)).toBeUndefined();
+    expect(lim.reserveModel('auth:a', '', 1)).toBeUndefined();
+    expect(lim.reserve('auth:a', 1)).toBeUndefined();
+    const err = rejection(lim.reserveModel('auth:a', 'llama-3-8b', 1));
     expect(err.message).toContain('model rule exact');
   });
 
@@ -123,26 +124,28 @@ describe('tenant rate limits: enforcement', () => {
       tenants: [{ tenant_key: 'auth:big', requests_per_minute: 5 }],
     });
     let n = 0;
-    while (lim.reserve('auth:big', 'm', 1) instanceof TenantLease) n++;
+    while (lim.reserve('auth:big', 1) instanceof TenantLease) n++;
     expect(n).toBe(5);
     n = 0;
-    while (lim.reserve('ip:10.0.0.1', 'm', 1) instanceof TenantLease) n++;
+    while (lim.reserve('ip:10.0.0.1', 1) instanceof TenantLease) n++;
     expect(n).toBe(1);
   });
 
-  it('the tenant and the model rule must both have room; a rule rejection takes nothing from the tenant', () => {
+  it('the tenant scope and the model rule are separate scopes: a rule leaves the tenant scope alone', () => {
     const { lim, usage } = limiter({
       default_policy: {
         requests_per_minute: 10,
         model_rules: [{ rule_id: 'g', matcher: { type: 'exact', value: 'g' }, tokens_per_minute: 100 }],
       },
     });
-    lease(lim.reserve('auth:a', 'g', 90)).commit();
-    expect(rejection(lim.reserve('auth:a', 'g', 20)).message).toContain(
+    lease(lim.reserve('auth:a', 90)).commit();
+    lease(lim.reserveModel('auth:a', 'g', 90)).commit();
+    expect(rejection(lim.reserveModel('auth:a', 'g', 20)).message).toContain(
       '100 tokens per minute (model rule g)',
     );
     expect(usage.estimate('tenant:auth:a', T0).requests).toBe(1);
-    expect(lim.reserve('auth:a', 'other', 20)).toBeInstanceOf(TenantLease);
+    expect(usage.estimate('rule:g:auth:a', T0).requests).toBe(1);
+    expect(lim.reserveModel('auth:a', 'other', 20)).toBeUndefined();
   });
 
   it('counts decisions by scope', async () => {
@@ -157,8 +160,9 @@ describe('tenant rate limits: enforcement', () => {
       { t: T0 },
       metrics,
     );
-    lim.reserve('auth:a', 'm', 1);
-    lim.reserve('auth:a', 'm', 1);
+    lim.reserve('auth:a', 1);
+    lim.reserveModel('auth:a', 'm', 1);
+    lim.reserve('auth:a', 1);
     const values = (await metrics.tenantRateLimit.get()).values.map((v) => [
       v.labels.result,
       v.labels.scope,
@@ -192,7 +196,7 @@ describe('tenant rate limits: enforcement', () => {
     };
     let admitted = 0;
     for (let i = 0; i < 40; i++) {
-      const r = nodes[i % 2].lim.reserve('auth:t', 'm', 1);
+      const r = nodes[i % 2].lim.reserve('auth:t', 1);
       if (r instanceof TenantLease) {
         r.commit();
         admitted++;
@@ -259,6 +263,12 @@ tenants:
   });
 
   const bad: [string, string, RegExp][] = [
+    [
+      'a repeated key',
+      'default_policy: {}\ndefault_policy: {}\n',
+      /invalid YAML: duplicate key "default_policy"/,
+    ],
+    ['a file over 1 MiB', `# ${'x'.repeat(1024 * 1024)}\n`, /the file is larger than 1 MiB/],
     ['not YAML', 'default_policy: [\n', /invalid YAML/],
     ['not a mapping', '- 1\n', /top level: expected a mapping/],
     ['no default policy', 'tenants: []\n', /default_policy: missing/],

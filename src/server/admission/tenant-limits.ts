@@ -15,10 +15,9 @@
  * at the end replaces the token reservation with the real usage; `cancel` (rejected or gone while
  * queued) gives everything back, so a request refused later costs no quota.
  */
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { parse as parseYaml } from 'yaml';
 import type { Metrics } from '../../observability/metrics.js';
+import { ConfigFileError, parseConfigSource, readConfigSource } from '../../protocols/config-file.js';
 import { errors, type SmgError } from '../../protocols/errors.js';
 import type { RateLimitUsage } from '../../state/rate-limit.js';
 
@@ -91,21 +90,13 @@ export function tenantKeyProblem(key: string): string | undefined {
 
 /** reads and validates `--tenant-rate-limit-config`; errors name the file and the key */
 export function loadTenantRateLimitConfig(path: string): TenantRateLimitRules {
-  let source: string;
-  try {
-    source = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw new Error(`tenant rate-limit config ${path}: cannot read: ${(err as Error).message}`, {
-      cause: err,
-    });
-  }
   let doc: unknown;
   try {
-    doc = parseYaml(source);
+    doc = parseConfigSource(readConfigSource(path), 'yaml');
   } catch (err) {
-    throw new Error(`tenant rate-limit config ${path}: invalid YAML: ${(err as Error).message}`, {
-      cause: err,
-    });
+    const problem = err instanceof ConfigFileError ? err.problem : 'invalid';
+    const what = problem === 'unreadable' ? 'cannot read: ' : problem === 'invalid' ? 'invalid YAML: ' : '';
+    throw new Error(`tenant rate-limit config ${path}: ${what}${(err as Error).message}`, { cause: err });
   }
   return parseTenantRateLimitConfig(doc, path);
 }
@@ -315,34 +306,54 @@ export class TenantRateLimiter {
   }
 
   /**
-   * Checks the request against its tenant's limits and reserves 1 request and `estimatedTokens`
-   * in each scope: a lease, a 429 `tenant_rate_limit_exceeded`, or undefined when no limit applies.
+   * Checks the request against its tenant's own limits (`requests_per_minute`/`tokens_per_minute`
+   * of its policy) and reserves 1 request and `estimatedTokens`: a lease, a 429
+   * `tenant_rate_limit_exceeded`, or undefined when no limit applies. Decided on what the headers
+   * tell (the tenant, the declared body size), before the body is read.
    */
-  reserve(tenant: string, model: string, estimatedTokens: number): TenantLease | SmgError | undefined {
-    const policy = this.tenants.get(tenant) ?? this.defaultPolicy;
-    if (!policy.limited) return undefined;
+  reserve(tenant: string, estimatedTokens: number): TenantLease | SmgError | undefined {
+    const policy = this.policyOf(tenant);
+    if (!policy.limited || (policy.rpm === undefined && policy.tpm === undefined)) return undefined;
+    return this.reserveScope(`tenant:${tenant}`, policy, estimatedTokens, tenant, 'tenant', undefined);
+  }
+
+  /**
+   * The model rule of the tenant's policy that matches `model` (exact first, then the longest
+   * prefix), checked and reserved like {@link reserve}. Runs once the body named the model.
+   */
+  reserveModel(tenant: string, model: string, estimatedTokens: number): TenantLease | SmgError | undefined {
+    const policy = this.policyOf(tenant);
+    const rule = policy.limited ? policy.rule(model) : undefined;
+    if (!rule) return undefined;
+    return this.reserveScope(
+      `rule:${rule.ruleId}:${tenant}`,
+      rule,
+      estimatedTokens,
+      tenant,
+      'model_rule',
+      rule.ruleId,
+    );
+  }
+
+  private policyOf(tenant: string): CompiledPolicy {
+    return this.tenants.get(tenant) ?? this.defaultPolicy;
+  }
+
+  private reserveScope(
+    key: string,
+    limits: Limits,
+    estimatedTokens: number,
+    tenant: string,
+    scope: 'tenant' | 'model_rule',
+    ruleId: string | undefined,
+  ): TenantLease | SmgError {
     const tokens = Number.isFinite(estimatedTokens) && estimatedTokens > 0 ? Math.ceil(estimatedTokens) : 0;
-    const rule = policy.rule(model);
-    const tenantKey = policy.rpm !== undefined || policy.tpm !== undefined ? `tenant:${tenant}` : undefined;
-    const ruleKey = rule ? `rule:${rule.ruleId}:${tenant}` : undefined;
-    if (!tenantKey && !ruleKey) return undefined;
-    const now = this.deps.now();
-    const err =
-      (tenantKey && this.check(tenantKey, policy, tokens, now, tenant, 'tenant', undefined)) ||
-      (ruleKey && this.check(ruleKey, rule as CompiledRule, tokens, now, tenant, 'model_rule', rule?.ruleId));
+    const err = this.check(key, limits, tokens, this.deps.now(), tenant, scope, ruleId);
     if (err) return err;
     const m = this.deps.metrics;
-    const keys: string[] = [];
-    if (tenantKey) {
-      keys.push(tenantKey);
-      if (m) m.inc(m.tenantRateLimit, { result: 'allowed', scope: 'tenant' });
-    }
-    if (ruleKey) {
-      keys.push(ruleKey);
-      if (m) m.inc(m.tenantRateLimit, { result: 'allowed', scope: 'model_rule' });
-    }
-    for (const k of keys) this.deps.usage.reserve(k, 1, tokens);
-    return new TenantLease(this, keys, tokens);
+    if (m) m.inc(m.tenantRateLimit, { result: 'allowed', scope });
+    this.deps.usage.reserve(key, 1, tokens);
+    return new TenantLease(this, [key], tokens);
   }
 
   /** @internal */
