@@ -542,7 +542,21 @@ export class WorkerManager {
       batch.push([id, spec]);
     }
     this.discovered.clear();
-    if (batch.length > 0) this.o.replica.writeRegistry((d) => d.upsertWorkers(batch));
+    if (batch.length === 0) return;
+    try {
+      this.o.replica.writeRegistry((d) => d.upsertWorkers(batch));
+    } catch {
+      // one refused spec refuses the whole batch: write them one by one, reporting the refused ones
+      for (const [id, spec] of batch) {
+        try {
+          this.upsert(id, spec);
+        } catch (err) {
+          const rt = this.runtimes.get(id);
+          const why = err instanceof Error ? err.message : String(err);
+          if (rt) rt.job = { state: 'completed', message: `discovered models not recorded: ${why}` };
+        }
+      }
+    }
   }
 
   private scheduleProbe(rt: Runtime, delayMs: number): void {

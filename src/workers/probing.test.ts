@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { HealthConfig } from '../cli/config-types.js';
 import { Metrics } from '../observability/metrics.js';
 import { Replica } from '../state/replica.js';
-import type { WorkerStatus } from '../state/worker.js';
+import type { WorkerSpec, WorkerStatus } from '../state/worker.js';
 import { ManualClock } from '../testing/manual-clock.js';
 import { testWorkerSpec } from '../testing/worker-spec.js';
 import { WorkerManager, type ProbeDuty } from './manager.js';
@@ -65,13 +65,27 @@ function fleet(health: Partial<HealthConfig> = {}, urls: string[] = ['http://w1:
         return { statusCode: alive.has(url) ? 200 : 503, data: '' };
       })
       .persist();
+    // the model an engine serves is named after its host (w1 → model-w1)
+    agent
+      .get(url)
+      .intercept({ path: '/v1/models', method: 'GET' })
+      .reply(200, { data: [{ id: `model-${new URL(url).hostname}`, owned_by: 'sglang' }] })
+      .persist();
   }
   const pools = {
     control: () => agent,
     authHeaders: () => ({}),
     close: async () => undefined,
   } as unknown as UpstreamPools;
-  const replica = new Replica({ nodeId: 'node-a', now: clock.now });
+  const replica = new Replica({
+    nodeId: 'node-a',
+    now: clock.now,
+    // a spec naming `model-refused` never passes (as a spec the API would refuse)
+    workerSpecCheck: (v) => {
+      const spec = v as WorkerSpec;
+      return spec.models.includes('model-refused') ? undefined : spec;
+    },
+  });
   const manager = new WorkerManager({
     replica,
     pools,
@@ -189,6 +203,27 @@ describe('WorkerManager probing', () => {
       const gap = (f.probes.get(u) ?? [])[2] - second[urls.indexOf(u)];
       expect(Math.abs(gap - INTERVAL_MS)).toBeLessThanOrEqual(1000 + STEP_MS);
     }
+  });
+
+  it('writes the models discoveries found together in one change, and a refused spec loses no other', async () => {
+    const urls = ['http://w1:8000', 'http://w2:8000', 'http://refused:8000'];
+    const f = fleet({}, urls);
+    let changes = 0;
+    f.replica.onRegistryChanges((c, source) => {
+      if (source === 'local') changes += c.length;
+    });
+    // no models given: each is discovered (the engines list model-<host>)
+    const ids = f.manager.registerAll(urls.map((u) => testWorkerSpec(u, [])));
+    expect(changes).toBe(1);
+    await f.run(200);
+    expect(f.replica.registry.get(ids[0])?.models).toEqual(['model-w1']);
+    expect(f.replica.registry.get(ids[1])?.models).toEqual(['model-w2']);
+    expect(f.replica.registry.get(ids[0])?.spec.runtime).toBe('sglang');
+    // the refused one keeps serving any model, and says why
+    expect(f.replica.registry.get(ids[2])?.models).toEqual([]);
+    expect(f.manager.jobStatus(ids[2])?.message).toMatch(/discovered models not recorded/);
+    // registration, then the discoveries: a few changes, not one per worker and write
+    expect(changes).toBeLessThanOrEqual(4);
   });
 
   it('probes only the workers its duty assigns, takes over when the duty changes, and probes at once on a hint', async () => {
