@@ -110,7 +110,7 @@ export class WorkerManager {
   constructor(private readonly o: WorkerManagerOptions) {
     const clock = o.clock && { clock: o.clock };
     this.probes = new ProbeScheduler({
-      run: (id) => this.probe(id),
+      run: (id, due) => this.probe(id, due),
       maxInFlight: MAX_PROBES_IN_FLIGHT,
       batchMs: PROBE_BATCH_MS,
       ...clock,
@@ -564,8 +564,11 @@ export class WorkerManager {
     this.probes.schedule(rt.id, delayMs);
   }
 
-  /** one probe, run by the scheduler (which never runs two of one worker at once) */
-  private async probe(id: string): Promise<void> {
+  /**
+   * One probe, run by the scheduler (which never runs two of one worker at once) at or shortly
+   * before `due`: the next one is counted from `due`, so an early start never shortens an interval.
+   */
+  private async probe(id: string, due: number): Promise<void> {
     const rt = this.runtimes.get(id);
     const view = this.o.replica.registry.get(id);
     if (!rt || !view || rt.stopped || rt.probing) return;
@@ -619,16 +622,16 @@ export class WorkerManager {
       return;
     }
     const pending = rt.health.status === 'pending';
-    this.scheduleProbe(
-      rt,
-      probeDelay({
-        now: this.now(),
-        intervalMs,
-        phase: rt.phase,
-        pending,
-        pendingFailures: pending ? rt.health.consecutiveFailures : 0,
-      }),
-    );
+    const now = this.now();
+    const from = Math.max(now, due);
+    const delay = probeDelay({
+      now: from,
+      intervalMs,
+      phase: rt.phase,
+      pending,
+      pendingFailures: pending ? rt.health.consecutiveFailures : 0,
+    });
+    this.scheduleProbe(rt, from + delay - now);
   }
 
   /** the next load poll in `delayMs`, or (undefined) one load interval on, at the worker's phase */

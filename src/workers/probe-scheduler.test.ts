@@ -81,22 +81,23 @@ describe('ProbeScheduler', () => {
 
   it('with batchMs, one wake-up starts every probe due within that window', () => {
     const clock = new ManualClock(0);
-    const started: [string, number][] = [];
+    const started: [string, number, number][] = [];
     const sched = new ProbeScheduler({
       maxInFlight: 100,
       batchMs: 1000,
       clock: { now: clock.now, ...clock.timers },
-      run: async (id) => {
-        started.push([id, clock.now()]);
+      run: async (id, due) => {
+        started.push([id, clock.now(), due]);
       },
     });
     sched.schedule('a', 5000);
     sched.schedule('b', 5600);
     sched.schedule('c', 6200);
     clock.advance(5000);
+    // b starts early with a, and is told when it was due (to count its next interval from there)
     expect(started).toEqual([
-      ['a', 5000],
-      ['b', 5000],
+      ['a', 5000, 5000],
+      ['b', 5000, 5600],
     ]);
     clock.advance(1200);
     expect(started.map(([id]) => id)).toEqual(['a', 'b', 'c']);

@@ -33,13 +33,18 @@ const systemClock: ProbeClock = {
 };
 
 export interface ProbeSchedulerOptions {
-  /** one probe of worker `id`; it counts as in flight until the promise settles (a rejection is ignored) */
-  run: (id: string) => Promise<void>;
+  /**
+   * one probe of worker `id`, due at `due` (it may start before, by up to `batchMs`, or later when
+   * slots are full); it counts as in flight until the promise settles (a rejection is ignored)
+   */
+  run: (id: string, due: number) => Promise<void>;
   /** probes in flight at once (SMG: 128) */
   maxInFlight: number;
   /**
    * a timer that fires also starts the probes due within this many ms after it (default 0): a
-   * fleet's probes spread over the interval then share wake-ups, which cost as much as the probes
+   * fleet's probes spread over the interval then share wake-ups, which cost as much as the probes.
+   * A caller that schedules the next probe from the time this one ran should count from `due`
+   * instead, or early starts would shorten its intervals.
    */
   batchMs?: number;
   clock?: ProbeClock;
@@ -59,11 +64,11 @@ export class ProbeScheduler {
   private heap: HeapEntry[] = [];
   private seq = 0;
   /** due probes waiting for a free slot, in due order */
-  private readonly ready: string[] = [];
+  private readonly ready: { id: string; due: number }[] = [];
   private readyHead = 0;
   private readonly running = new Set<string>();
-  /** ids that came due while their previous probe still ran: they run as soon as it ends */
-  private readonly again = new Set<string>();
+  /** ids that came due (at the value) while their previous probe still ran: they run as it ends */
+  private readonly again = new Map<string, number>();
   private timer: unknown;
   private timerDue = Infinity;
   private closed = false;
@@ -139,7 +144,7 @@ export class ProbeScheduler {
     for (let top = this.peekLive(); top && top.due <= until; top = this.peekLive()) {
       this.pop();
       this.live.delete(top.id);
-      this.ready.push(top.id);
+      this.ready.push({ id: top.id, due: top.due });
     }
     this.pump();
     this.arm();
@@ -148,12 +153,12 @@ export class ProbeScheduler {
   /** starts waiting probes while slots are free */
   private pump(): void {
     while (this.running.size < this.o.maxInFlight && this.readyHead < this.ready.length) {
-      const id = this.ready[this.readyHead++];
-      if (this.running.has(id)) {
-        this.again.add(id);
+      const next = this.ready[this.readyHead++];
+      if (this.running.has(next.id)) {
+        this.again.set(next.id, next.due);
         continue;
       }
-      this.start(id);
+      this.start(next.id, next.due);
     }
     if (this.readyHead === this.ready.length) {
       this.ready.length = 0;
@@ -164,18 +169,22 @@ export class ProbeScheduler {
     }
   }
 
-  private start(id: string): void {
+  private start(id: string, due: number): void {
     this.running.add(id);
     let p: Promise<void>;
     try {
-      p = this.o.run(id);
+      p = this.o.run(id, due);
     } catch {
       p = Promise.resolve();
     }
     p.catch(() => undefined).finally(() => {
       this.running.delete(id);
       if (this.closed) return;
-      if (this.again.delete(id)) this.ready.push(id);
+      const due = this.again.get(id);
+      if (due !== undefined) {
+        this.again.delete(id);
+        this.ready.push({ id, due });
+      }
       this.pump();
     });
   }

@@ -205,6 +205,20 @@ describe('WorkerManager probing', () => {
     }
   });
 
+  it('probes started early to share a wake-up never shorten a worker interval', async () => {
+    const urls = Array.from({ length: 40 }, (_, i) => `http://w${i}:8000`);
+    const f = fleet({ intervalSecs: 1 }, urls);
+    for (const u of urls) f.alive.add(u);
+    for (const u of urls) f.manager.register(testWorkerSpec(u));
+    await f.run(30_000);
+    // one probe per second and worker (the first at once), give or take one
+    for (const u of urls) {
+      const n = f.probes.get(u)?.length ?? 0;
+      expect(n).toBeGreaterThanOrEqual(29);
+      expect(n).toBeLessThanOrEqual(32);
+    }
+  });
+
   it('writes the models discoveries found together in one change, and a refused spec loses no other', async () => {
     const urls = ['http://w1:8000', 'http://w2:8000', 'http://refused:8000'];
     const f = fleet({}, urls);
