@@ -103,6 +103,24 @@ describe('ProbeScheduler', () => {
     expect(started.map(([id]) => id)).toEqual(['a', 'b', 'c']);
   });
 
+  it('a probe waiting for a slot is dropped by cancel and replaced by a new schedule', async () => {
+    const h = harness(1);
+    h.sched.schedule('a', 0);
+    h.sched.schedule('b', 0);
+    h.sched.schedule('c', 0);
+    h.clock.advance(1);
+    expect(h.started.map((s) => s.id)).toEqual(['a']);
+    expect(h.sched.waiting()).toBe(2);
+    expect(h.sched.isScheduled('b')).toBe(true);
+    h.sched.cancel('b');
+    h.sched.schedule('c', 5000);
+    expect(h.sched.waiting()).toBe(0);
+    await h.release('a');
+    expect(h.started.map((s) => s.id)).toEqual(['a']);
+    h.clock.advance(5000);
+    expect(h.started.map((s) => s.id)).toEqual(['a', 'c']);
+  });
+
   it('keeps its heap bounded under constant rescheduling', () => {
     const h = harness(1);
     for (let round = 0; round < 50; round++)

@@ -63,12 +63,12 @@ export class ProbeScheduler {
   private readonly live = new Map<string, number>();
   private heap: HeapEntry[] = [];
   private seq = 0;
-  /** due probes waiting for a free slot, in due order */
-  private readonly ready: { id: string; due: number }[] = [];
+  /** due probes not started yet (waiting for a slot, or for the worker's running probe): id → due */
+  private readonly queued = new Map<string, number>();
+  /** the order they came due in (an id no longer queued is skipped) */
+  private readonly ready: string[] = [];
   private readyHead = 0;
   private readonly running = new Set<string>();
-  /** ids that came due (at the value) while their previous probe still ran: they run as it ends */
-  private readonly again = new Map<string, number>();
   private timer: unknown;
   private timerDue = Infinity;
   private closed = false;
@@ -81,7 +81,7 @@ export class ProbeScheduler {
   /** (re)sets the next probe of `id` to `delayMs` from now, replacing any earlier schedule */
   schedule(id: string, delayMs: number): void {
     if (this.closed) return;
-    this.again.delete(id);
+    this.queued.delete(id);
     const due = this.clock.now() + Math.max(0, delayMs);
     const seq = ++this.seq;
     this.live.set(id, seq);
@@ -93,12 +93,12 @@ export class ProbeScheduler {
   /** no further probes of `id` (one in flight finishes, and is not followed by another) */
   cancel(id: string): void {
     this.live.delete(id);
-    this.again.delete(id);
+    this.queued.delete(id);
   }
 
-  /** a probe of `id` is scheduled (due or waiting for a slot) */
+  /** a probe of `id` is scheduled (not due yet, or due and not started) */
   isScheduled(id: string): boolean {
-    return this.live.has(id) || this.again.has(id);
+    return this.live.has(id) || this.queued.has(id);
   }
 
   isRunning(id: string): boolean {
@@ -109,9 +109,9 @@ export class ProbeScheduler {
     return this.running.size;
   }
 
-  /** probes due now and waiting for a free slot */
+  /** probes due and not started (no free slot, or the worker's previous probe still runs) */
   waiting(): number {
-    return this.ready.length - this.readyHead;
+    return this.queued.size;
   }
 
   close(): void {
@@ -119,7 +119,7 @@ export class ProbeScheduler {
     if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
     this.timer = undefined;
     this.live.clear();
-    this.again.clear();
+    this.queued.clear();
     this.heap = [];
     this.ready.length = 0;
     this.readyHead = 0;
@@ -144,7 +144,8 @@ export class ProbeScheduler {
     for (let top = this.peekLive(); top && top.due <= until; top = this.peekLive()) {
       this.pop();
       this.live.delete(top.id);
-      this.ready.push({ id: top.id, due: top.due });
+      this.queued.set(top.id, top.due);
+      this.ready.push(top.id);
     }
     this.pump();
     this.arm();
@@ -153,12 +154,13 @@ export class ProbeScheduler {
   /** starts waiting probes while slots are free */
   private pump(): void {
     while (this.running.size < this.o.maxInFlight && this.readyHead < this.ready.length) {
-      const next = this.ready[this.readyHead++];
-      if (this.running.has(next.id)) {
-        this.again.set(next.id, next.due);
-        continue;
-      }
-      this.start(next.id, next.due);
+      const id = this.ready[this.readyHead++];
+      const due = this.queued.get(id);
+      // cancelled or rescheduled meanwhile; or its previous probe still runs (it is queued again
+      // when that one ends)
+      if (due === undefined || this.running.has(id)) continue;
+      this.queued.delete(id);
+      this.start(id, due);
     }
     if (this.readyHead === this.ready.length) {
       this.ready.length = 0;
@@ -180,11 +182,7 @@ export class ProbeScheduler {
     p.catch(() => undefined).finally(() => {
       this.running.delete(id);
       if (this.closed) return;
-      const due = this.again.get(id);
-      if (due !== undefined) {
-        this.again.delete(id);
-        this.ready.push({ id, due });
-      }
+      if (this.queued.has(id)) this.ready.push(id);
       this.pump();
     });
   }
