@@ -197,6 +197,20 @@ export function registerMeshMetrics(registry: Registry, src: MeshMetricsSource):
       }
     },
   });
+  new Gauge({
+    name: 'smg_mesh_store_cache_blocks',
+    help: "Prefix-index blocks committed to this node's SQLite state (restored at start)",
+    registers,
+    collect() {
+      const store = src.store();
+      if (!store) return;
+      try {
+        this.set(store.countCacheBlocks());
+      } catch {
+        // closed
+      }
+    },
+  });
   const eventLag = new Histogram({
     name: 'smg_mesh_event_lag_seconds',
     help: 'Delay from a soft-state message (cache, load, ratelimit, health) being published by a peer to it being applied here',
@@ -215,6 +229,29 @@ export function registerMeshMetrics(registry: Registry, src: MeshMetricsSource):
       const c = rt.soft.counters();
       for (const [topic, n] of Object.entries(c.applied)) setCounter(this, { topic, result: 'applied' }, n);
       for (const [topic, n] of Object.entries(c.rejected)) setCounter(this, { topic, result: 'rejected' }, n);
+    },
+  });
+  new Counter({
+    name: 'smg_mesh_cache_deltas_total',
+    help: 'Prefix-cache deltas: recorded here (queued), handed to gossip (published), received from peers (applied)',
+    labelNames: ['stage'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      for (const [stage, n] of Object.entries(rt.soft.counters().cacheDeltas)) setCounter(this, { stage }, n);
+    },
+  });
+  new Gauge({
+    name: 'smg_mesh_cache_seq',
+    help: 'Latest prefix-cache message per origin node: published here (this node), applied here (peers)',
+    labelNames: ['origin'],
+    registers,
+    collect() {
+      const rt = src.runtime();
+      if (!rt) return;
+      this.reset();
+      for (const [origin, seq] of rt.soft.counters().cacheSeq) this.set({ origin }, seq);
     },
   });
   new Counter({

@@ -307,13 +307,12 @@ export class MeshRuntime {
         this.peerToMember.set(peerId, m.name);
         const fresh = !this.gossip.connectedPeers().includes(peerId);
         this.gossip.connect(peerId, addr);
-        // a (re)joining member: catch it up as soon as the connection is there, and take its
-        // prefix-cache index (a new peer learns where conversations live; a partition heals)
+        // a (re)joining member: catch it up as soon as the connection is there (the prefix-cache
+        // indexes are exchanged when it subscribes to the deltas: see SoftState)
         if (fresh && prev !== 'alive' && prev !== 'suspect')
           setTimeout(() => {
             void this.syncWith(log, peerId);
             if (this.closed) return;
-            void this.soft.exchangeSnapshot(peerId);
             this.soft.republishOwn(true);
           }, 300).unref();
       }

@@ -14,9 +14,12 @@
  * observations (src/state/registry.ts), so one peer's failing probes never take it out fleet-wide.
  * A suspect hint makes the probers probe at once.
  *
- * When a member joins or re-appears, the two exchange snapshots of their prefix-cache indexes over
- * the stream protocol /smg/cache/1 in pages, which also repairs deltas lost to a partition or a
- * pause; this node's probe observations and rate-limit slots are re-sent to it as well.
+ * When a peer subscribes to the cache topic (it joined, or its connection came back), this node
+ * exchanges whole prefix-cache indexes with it over the stream protocol /smg/cache/1 in pages: a
+ * delta published before the peer was subscribed never reaches it, so the exchange is timed by
+ * the subscription itself, not by membership (which can run ahead of gossip by seconds on a busy
+ * machine). It also repairs deltas lost to a partition or a pause; this node's probe observations
+ * and rate-limit slots are re-sent to a member that joins as well.
  *
  * Owns: the timers, encoding and application of these topics, prober assignment. Never: routing,
  * the merge rules (the Replica), probing itself (the worker manager).
@@ -82,6 +85,14 @@ export interface SoftStateOptions {
 }
 
 export interface SoftStateCounters {
+  /** prefix-cache deltas: recorded here and queued, handed to gossip, received from peers and applied */
+  cacheDeltas: { queued: number; published: number; applied: number };
+  /**
+   * the latest cache message per origin node: published (this node) or applied (peers). A peer
+   * whose entry for an origin has reached that origin's own has every delta it published, or had
+   * the missing ones repaired by an index exchange.
+   */
+  cacheSeq: Map<string, number>;
   applied: Record<SoftTopic, number>;
   rejected: Record<SoftTopic, number>;
   snapshots: { pulled: number; served: number; failed: number; blocks: number };
@@ -132,6 +143,8 @@ export class SoftState {
   private readonly offs: (() => void)[] = [];
   private closed = false;
   private readonly tally: SoftStateCounters = {
+    cacheDeltas: { queued: 0, published: 0, applied: 0 },
+    cacheSeq: new Map(),
     applied: zeroes(),
     rejected: zeroes(),
     snapshots: { pulled: 0, served: 0, failed: 0, blocks: 0 },
@@ -152,6 +165,9 @@ export class SoftState {
     gossip.subscribe(RATE_LIMIT_TOPIC, (p) => this.receive(RATE_LIMIT_TOPIC, p));
     gossip.subscribe(HEALTH_TOPIC, (p) => this.receive(HEALTH_TOPIC, p));
     gossip.handle(CACHE_PROTOCOL, (ch) => this.serveSnapshot(ch));
+    // a peer that (re)subscribes to the deltas gets this node's whole index: what was published
+    // before it was subscribed never reaches it otherwise (exchanged both ways, from both sides)
+    this.offs.push(gossip.onPeerSubscribed(CACHE_TOPIC, (peerId) => void this.exchangeSnapshot(peerId)));
     replica.registry.setHealthJudge((workerId, node) => this.probersOf(workerId).includes(node));
     this.every(FLUSH_MS, () => {
       this.flushCache();
@@ -266,7 +282,10 @@ export class SoftState {
     if (this.remote || this.closed) return;
     if (ev.kind === 'cache.blocks') {
       const d = checkpointDelta(ev);
-      if (d) this.cacheQueue.push(d);
+      if (d) {
+        this.cacheQueue.push(d);
+        this.tally.cacheDeltas.queued++;
+      }
     } else if (ev.kind === 'worker.health' && ev.hlc.node === this.nodeId) {
       this.healthQueue.push({ type: 'observation', worker: ev.id, status: ev.status, hlc: ev.hlc });
     }
@@ -292,7 +311,10 @@ export class SoftState {
       }
       bytes += size;
     }
-    this.publish(CACHE_TOPIC, encodeCache(this.header(), queue.slice(start)));
+    const last = this.header();
+    this.publish(CACHE_TOPIC, encodeCache(last, queue.slice(start)));
+    this.tally.cacheDeltas.published += queue.length;
+    this.tally.cacheSeq.set(this.nodeId, last.seq);
   }
 
   private flushLoad(): void {
@@ -386,6 +408,9 @@ export class SoftState {
       switch (msg.kind) {
         case SoftKind.Cache:
           for (const d of msg.deltas) replica.apply({ kind: 'cache.blocks', ...d });
+          this.tally.cacheDeltas.applied += msg.deltas.length;
+          if (msg.seq > (this.tally.cacheSeq.get(msg.origin) ?? 0))
+            this.tally.cacheSeq.set(msg.origin, msg.seq);
           break;
         case SoftKind.Load:
           replica.apply({

@@ -483,6 +483,7 @@ export class NodeStore {
       dropCacheBlocks: db.prepare(
         'DELETE FROM cache_blocks WHERE seen <= ? AND worker IN (SELECT value FROM json_each(?))',
       ),
+      countCacheBlocks: db.prepare('SELECT count(*) AS n FROM cache_blocks'),
       getCacheBlocks: db.prepare(
         'SELECT model, worker, hash, parent, seen FROM cache_blocks ORDER BY seen DESC, rowid DESC LIMIT ?',
       ),
@@ -667,6 +668,12 @@ export class NodeStore {
   loadCacheBlocks(limit: number): CacheBlockRow[] {
     this.flushForRead();
     return this.stmts.getCacheBlocks.all(limit) as CacheBlockRow[];
+  }
+
+  /** Prefix-index blocks committed to the file (writes still queued are not counted). */
+  countCacheBlocks(): number {
+    this.assertOpen();
+    return (this.stmts.countCacheBlocks.get() as { n: number }).n;
   }
 
   /** Keeps only the `maxRows` most recently seen blocks. */

@@ -7,7 +7,7 @@ import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { privateKeyFromProtobuf } from '@libp2p/crypto/keys';
 import { gossipsub, StrictNoSign, StrictSign, TopicValidatorResult } from '@libp2p/gossipsub';
-import type { GossipSub, Message } from '@libp2p/gossipsub';
+import type { GossipSub, Message, SubscriptionChangeData } from '@libp2p/gossipsub';
 import { identify } from '@libp2p/identify';
 import type { Identify } from '@libp2p/identify';
 import type { Libp2p, PeerId } from '@libp2p/interface';
@@ -517,6 +517,25 @@ export class GossipNode {
 
   connectedPeers(): string[] {
     return this.libp2p.getPeers().map((p) => p.toString());
+  }
+
+  /**
+   * `handler` runs whenever a peer tells this node it subscribed to `topic` (a new connection, a
+   * reconnection): from then on this node's publications on the topic reach it (flood publish).
+   */
+  onPeerSubscribed(topic: string, handler: (peerId: string) => void): () => void {
+    const pubsub = this.libp2p.services.pubsub;
+    const listener = (evt: CustomEvent<SubscriptionChangeData>): void => {
+      if (this.stopping) return;
+      if (!evt.detail.subscriptions.some((s) => s.topic === topic && s.subscribe)) return;
+      try {
+        handler(evt.detail.peerId.toString());
+      } catch (err) {
+        this.log.warn({ topic, ...errInfo(err) }, 'gossip: onPeerSubscribed handler threw');
+      }
+    };
+    pubsub.addEventListener('subscription-change', listener);
+    return () => pubsub.removeEventListener('subscription-change', listener);
   }
 
   onPeerDisconnected(handler: (peerId: string) => void): () => void {

@@ -635,6 +635,27 @@ export class CacheIndex {
   }
 
   /**
+   * Gives every block of `from` to `to` (same parents, the later last-seen time where both hold
+   * one), then drops `from`: two registrations of one engine (one URL) that collapsed into one
+   * worker hold one KV cache. Returns the blocks moved.
+   */
+  moveWorker(from: string, to: string): number {
+    const src = this.slotOf.get(from);
+    if (src === undefined || from === to) return 0;
+    const blocks: [ModelIndex, number, number, number][] = [];
+    for (const idx of this.models.values()) {
+      if (!(idx.held[src] > 0)) continue;
+      for (const ref of idx.refs()) {
+        if (idx.holds(ref, src)) blocks.push([idx, idx.key(ref), idx.parent(ref), idx.secsAt(ref, src)]);
+      }
+    }
+    this.removeWorker(from);
+    const dst = this.slotFor(to);
+    for (const [idx, h, parent, secs] of blocks) this.put(idx, h, parent, dst, secs);
+    return blocks.length;
+  }
+
+  /**
    * Drops the worker's blocks last seen at or before `upToSeen` (a packed HLC, compared at the
    * index's one-second precision), in every model: the worker's cache was flushed then. Returns the
    * blocks dropped; the worker keeps its slot.

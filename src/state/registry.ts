@@ -88,6 +88,26 @@ export class WorkerRegistry {
   }
 
   /**
+   * `from` was a second registration of `into`'s engine (one URL, collapsed into one id): its
+   * observations are observations of the same engine, so each counts for `into` where it is the
+   * newer word of its node. A peer that held the engine under the losing id keeps it routable.
+   */
+  adoptHealth(from: string, into: string): void {
+    const src = this.health.get(from);
+    if (!src || from === into) return;
+    let dst = this.health.get(into);
+    if (!dst) this.health.set(into, (dst = new Map()));
+    let changed = false;
+    for (const [node, o] of src) {
+      const cur = dst.get(node);
+      if (cur && compareHlc(cur.hlc, o.hlc) >= 0) continue;
+      dst.set(node, o);
+      changed = true;
+    }
+    if (changed && this.entries.get(into)?.removed === false) this.refreshView(into);
+  }
+
+  /**
    * Which observations decide a worker's status: `judge(workerId, node)` is true for its current
    * probers. Call again (or `rejudge`) when membership changes; observations are kept either way.
    */

@@ -236,6 +236,40 @@ describe('Replica semantics', () => {
     expect(r.cache.size()).toBe(0);
   });
 
+  it('a duplicate registration of a URL hands its prefix blocks to the surviving id, late deltas too', () => {
+    const r = new Replica({ nodeId: 'x' });
+    // two peers registered the same engine at once; every peer keeps the smaller id
+    r.apply({ kind: 'worker.upsert', id: 'w2', spec: spec('http://a:1', 10), hlc: hlc(1) });
+    r.apply({ kind: 'cache.blocks', model: 'm1', worker: 'w2', anchor: 0, hashes: [11, 12, 13], seen: 1024 });
+    r.apply({ kind: 'worker.upsert', id: 'w1', spec: spec('http://a:1', 10), hlc: hlc(2) });
+    r.apply({ kind: 'cache.blocks', model: 'm1', worker: 'w1', anchor: 0, hashes: [11], seen: 4096 });
+    r.apply({ kind: 'worker.remove', id: 'w2', hlc: hlc(3) });
+    const m = r.cache.match('m1', [11, 12, 13]);
+    expect(m.depths.get('w1')).toBe(3);
+    expect(m.depths.has('w2')).toBe(false);
+    // a delta routed to the duplicate by a peer that had not collapsed it yet
+    r.apply({ kind: 'cache.blocks', model: 'm1', worker: 'w2', anchor: 13, hashes: [14], seen: 8192 });
+    expect(r.cache.match('m1', [11, 12, 13, 14]).depths.get('w1')).toBe(4);
+    // an engine removed for good takes its blocks along
+    r.apply({ kind: 'worker.remove', id: 'w1', hlc: hlc(4) });
+    expect(r.cache.size()).toBe(0);
+  });
+
+  it("a duplicate registration's health observations count for the surviving id", () => {
+    const r = new Replica({ nodeId: 'x' });
+    r.apply({ kind: 'worker.upsert', id: 'w2', spec: spec('http://a:1', 10), hlc: hlc(1) });
+    r.apply({ kind: 'worker.health', id: 'w2', status: 'ready', hlc: hlc(2, 'n2') });
+    r.apply({ kind: 'worker.upsert', id: 'w1', spec: spec('http://a:1', 10), hlc: hlc(3) });
+    expect(r.registry.get('w1')?.status).toBe('pending');
+    r.apply({ kind: 'worker.remove', id: 'w2', hlc: hlc(4) });
+    // the engine answered n2 a moment ago: it does not go dark while w1's probes get going
+    expect(r.registry.get('w1')?.status).toBe('ready');
+    expect(r.registry.routable('m1').map((w) => w.id)).toEqual(['w1']);
+    // a later word about the duplicate is a word about the survivor
+    r.apply({ kind: 'worker.health', id: 'w2', status: 'not_ready', hlc: hlc(5, 'n2') });
+    expect(r.registry.get('w1')?.status).toBe('not_ready');
+  });
+
   it('cluster load is the local count plus unexpired remote snapshots', () => {
     const r = new Replica({ nodeId: 'self' });
     r.load.acquire('w1');

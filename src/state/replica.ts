@@ -75,6 +75,8 @@ export class Replica {
   private readonly flushListeners: CacheFlushListener[] = [];
   /** worker id → cache epoch (see cache-flush.ts): its blocks seen at or before it are void */
   private flushEpochs: ReadonlyMap<string, number> = new Map();
+  /** removed duplicate registrations → the id of the same URL that survived */
+  private readonly mergedInto = new Map<string, string>();
 
   constructor(opts: ReplicaOptions) {
     this.nodeId = opts.nodeId;
@@ -236,21 +238,38 @@ export class Replica {
         return this.registry.applyUpsert(ev);
       case 'worker.remove': {
         this.clock.observe(ev.hlc);
+        const url = this.registry.get(ev.id)?.url;
         const changed = this.registry.applyRemove(ev);
         if (this.registry.isRemoved(ev.id)) {
-          this.cache.removeWorker(ev.id);
+          // a duplicate registration of a URL that collapsed into the surviving id: the engine, its
+          // health and its KV cache are the same, so the survivor takes the loser's observations
+          // (it stays routable here) and prefix blocks (early traffic keeps its affinity).
+          // Registry events come from the document in causal order, so the survivor is known here.
+          // (Moved blocks are not persisted under the survivor until it is routed to again.)
+          const survivor = url === undefined ? undefined : this.registry.getByUrl(url);
+          if (survivor) {
+            this.cache.moveWorker(ev.id, survivor.id);
+            this.registry.adoptHealth(ev.id, survivor.id);
+            this.mergedInto.set(ev.id, survivor.id);
+          } else this.cache.removeWorker(ev.id);
           this.load.forgetWorker(ev.id);
         }
         return changed;
       }
-      case 'worker.health':
+      case 'worker.health': {
         this.clock.observe(ev.hlc);
-        return this.registry.applyHealth(ev);
+        // a prober still probing a duplicate registration: the word is about the surviving id
+        const into = this.mergedInto.get(ev.id);
+        return this.registry.applyHealth(into === undefined ? ev : { ...ev, id: into });
+      }
       case 'worker.engine_load':
         return this.registry.isRemoved(ev.id) ? false : this.load.applyEngineLoad(ev);
       case 'load.snapshot':
         return this.load.applySnapshot(ev);
       case 'cache.blocks': {
+        // a late delta of a duplicate registration goes to the id it collapsed into
+        const into = this.mergedInto.get(ev.worker);
+        if (into !== undefined) return this.merge({ ...ev, worker: into });
         // a removed worker's id never comes back (re-registration mints a new id)
         if (this.registry.isRemoved(ev.worker)) return false;
         // blocks of a cache emptied since (a late delta, a snapshot, the store) are void
