@@ -5,12 +5,13 @@
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { summariseProfileFile, type ProfileEntry } from './profile-top.js';
 
 export interface BenchOptions {
   /** shrink durations and sizes for a smoke run */
   quick: boolean;
-  /** write a V8 CPU profile of the gateway process (proxy benchmark only) */
+  /** write a V8 CPU profile of the gateway process (proxy and scale benchmarks) */
   profile?: boolean;
 }
 
@@ -324,4 +325,61 @@ export function histogramQuantileMs(
     below = c;
   }
   return NaN;
+}
+
+/** where `--profile` puts the gateways' CPU profiles */
+export const PROFILE_DIR = path.join(RESULTS_DIR, 'profiles');
+
+/**
+ * Runs `spawn` (which starts gateway processes) with the CPU-profiling preload in the environment
+ * when `profile` is set: startGatewayProc takes no env, so the preload goes through ours while it
+ * spawns, and Node 20 refuses `--cpu-prof` in NODE_OPTIONS (see cpu-profile-hook.ts).
+ */
+export async function withGatewayProfiling<T>(profile: boolean, spawn: () => Promise<T>): Promise<T> {
+  if (!profile) return spawn();
+  const saved = { NODE_OPTIONS: process.env.NODE_OPTIONS, SMG_CPU_PROF_DIR: process.env.SMG_CPU_PROF_DIR };
+  mkdirSync(PROFILE_DIR, { recursive: true });
+  const hook = pathToFileURL(path.join(BENCH_DIR, 'cpu-profile-hook.js')).href;
+  process.env.NODE_OPTIONS = `${saved.NODE_OPTIONS ?? ''} --import=${hook}`.trim();
+  process.env.SMG_CPU_PROF_DIR = PROFILE_DIR;
+  try {
+    return await spawn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
+export interface GatewayProfile {
+  file: string;
+  sampledMs: number;
+  busyMs: number;
+  top: ProfileEntry[];
+}
+
+/**
+ * The profiles a stopped gateway (`pid`) wrote, oldest first (more than one when it was sent
+ * SIGUSR2), summarised.
+ */
+export function readGatewayProfiles(pid: number | undefined, top = 30): GatewayProfile[] {
+  let files: string[];
+  try {
+    files = readdirSync(PROFILE_DIR)
+      .filter((f) => f.startsWith(`smg-${pid}-`) && f.endsWith('.cpuprofile'))
+      .map((f) => path.join(PROFILE_DIR, f))
+      .sort();
+  } catch {
+    return [];
+  }
+  return files.map((file) => {
+    const sum = summariseProfileFile(file);
+    return { file, sampledMs: sum.totalMs, busyMs: sum.totalMs - sum.idleMs, top: sum.entries.slice(0, top) };
+  });
+}
+
+/** the last profile a stopped gateway (`pid`) wrote, summarised; undefined when there is none */
+export function readGatewayProfile(pid: number | undefined, top = 30): GatewayProfile | undefined {
+  return readGatewayProfiles(pid, top).at(-1);
 }

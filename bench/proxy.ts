@@ -19,24 +19,20 @@ import autocannon from 'autocannon';
 import { Pool } from 'undici';
 import { freePort, startGatewayProc, startMockFleet, stopAll, type Proc } from '../src/testing/processes.js';
 import {
-  BENCH_DIR,
   cpuWindow,
   distribution,
   log,
   loadAvg,
+  readGatewayProfile,
   resultHeader,
-  RESULTS_DIR,
   round,
   sleep,
+  withGatewayProfiling,
   type BenchOptions,
   type BenchOutcome,
   type CpuWindow,
 } from './common.js';
 import { findNginx, startNginx, type NginxProc } from './nginx.js';
-import path from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { mkdirSync, readdirSync } from 'node:fs';
-import { summariseProfileFile, type ProfileEntry } from './profile-top.js';
 
 const CHAT_PATH = '/v1/chat/completions';
 const MODEL = 'mock-model';
@@ -260,30 +256,15 @@ export async function runProxyBench(opts: BenchOptions): Promise<BenchOutcome> {
   const procs: Proc[] = [];
   let nginxProc: NginxProc | undefined;
   let nginx1Proc: NginxProc | undefined;
-  const profileDir = path.join(RESULTS_DIR, 'profiles');
   try {
     log('proxy: starting mock engine');
     const fleet = await startMockFleet(1, params.mock);
     procs.push(fleet);
     const engine = fleet.urls[0];
     log('proxy: starting smg');
-    // startGatewayProc takes no env: the profiling preload goes through our env while it spawns
-    const saved = { NODE_OPTIONS: process.env.NODE_OPTIONS, SMG_CPU_PROF_DIR: process.env.SMG_CPU_PROF_DIR };
-    if (opts.profile) {
-      mkdirSync(profileDir, { recursive: true });
-      const hook = pathToFileURL(path.join(BENCH_DIR, 'cpu-profile-hook.js')).href;
-      process.env.NODE_OPTIONS = `${saved.NODE_OPTIONS ?? ''} --import=${hook}`.trim();
-      process.env.SMG_CPU_PROF_DIR = profileDir;
-    }
-    let gw;
-    try {
-      gw = await startGatewayProc(['--worker-urls', engine, ...params.gateway]);
-    } finally {
-      for (const [k, v] of Object.entries(saved)) {
-        if (v === undefined) delete process.env[k];
-        else process.env[k] = v;
-      }
-    }
+    const gw = await withGatewayProfiling(opts.profile === true, () =>
+      startGatewayProc(['--worker-urls', engine, ...params.gateway]),
+    );
     procs.push(gw);
     await expect200(engine, CHAT_BODY, 10_000);
     await expect200(gw.url, CHAT_BODY, 15_000);
@@ -396,23 +377,7 @@ export async function runProxyBench(opts: BenchOptions): Promise<BenchOutcome> {
 
     // stop the gateway first so its CPU profile (if any) is written
     await gw.stop();
-    let profile: { file: string; sampledMs: number; busyMs: number; top: ProfileEntry[] } | undefined;
-    if (opts.profile) {
-      const files = readdirSync(profileDir)
-        .filter((f) => f.startsWith(`smg-${gw.child.pid}-`) && f.endsWith('.cpuprofile'))
-        .map((f) => path.join(profileDir, f))
-        .sort();
-      const file = files[files.length - 1];
-      if (file) {
-        const sum = summariseProfileFile(file);
-        profile = {
-          file,
-          sampledMs: sum.totalMs,
-          busyMs: sum.totalMs - sum.idleMs,
-          top: sum.entries.slice(0, 30),
-        };
-      }
-    }
+    const profile = opts.profile ? readGatewayProfile(gw.child.pid) : undefined;
 
     const result = {
       ...header,

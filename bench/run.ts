@@ -1,7 +1,7 @@
 /**
  * Benchmark runner:
  *
- *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing|mesh-rate-limit|hostile-input|state|logging ...] [--quick] [--profile]
+ *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing|mesh-rate-limit|hostile-input|state|logging|scale ...] [--quick] [--profile]
  *
  * Runs the named benchmarks (default: all, in that order). Each writes its JSON to
  * bench/results/<name>.json and prints it to stdout followed by one `SUMMARY <name>: …` line.
@@ -18,6 +18,7 @@ import { stopAllNginx } from './nginx.js';
 import { runProxyBench } from './proxy.js';
 import { runReliabilityBench } from './reliability.js';
 import { runRoutingBench } from './routing.js';
+import { runScaleBench } from './scale.js';
 import { runStateBench } from './state.js';
 import { stopAll } from '../src/testing/processes.js';
 
@@ -32,11 +33,12 @@ const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> 
   'hostile-input': runHostileInputBench,
   state: runStateBench,
   logging: runLoggingBench,
+  scale: runScaleBench,
 };
 
 const USAGE = `usage: node dist/bench/run.js [${Object.keys(BENCHMARKS).join('|')} ...] [--quick] [--profile]
   --quick    short runs and small sizes (a smoke run)
-  --profile  proxy: write a V8 CPU profile of the gateway to bench/results/profiles/ and summarise it
+  --profile  proxy, scale: write V8 CPU profiles of the gateways to bench/results/profiles/ and summarise them
 `;
 
 export async function main(argv: string[]): Promise<number> {

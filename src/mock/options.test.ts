@@ -60,14 +60,19 @@ describe('parseMockWorkerArgs', () => {
     });
   });
 
+  it('--port 0 gives each of --count workers an ephemeral port (no port-range check)', () => {
+    expect(parseMockWorkerArgs(['--port', '0', '--count', '4096'])).toMatchObject({ port: 0, count: 4096 });
+  });
+
   it('--help needs no port', () => {
     expect(parseMockWorkerArgs(['--help']).help).toBe(true);
   });
 
   it('rejects bad input naming the flag and what it accepts', () => {
-    expect(parseError([]).message).toMatch(/--port is required.*1\.\.65535/);
-    expect(parseError(['--port', '0']).message).toMatch(/--port.*1\.\.65535/);
-    expect(parseError(['--port', '70000']).message).toMatch(/--port.*1\.\.65535/);
+    expect(parseError([]).message).toMatch(/--port is required.*0\.\.65535/);
+    expect(parseError(['--port', '-1']).message).toMatch(/--port.*0\.\.65535/);
+    expect(parseError(['--port', '70000']).message).toMatch(/--port.*0\.\.65535/);
+    expect(parseError(['--port', '8000', '--count', '4097']).message).toMatch(/--count.*1\.\.4096/);
     expect(parseError(['--port', 'abc']).message).toMatch(/"abc".*--port/);
     expect(parseError(['--port', '']).message).toMatch(/--port/);
     expect(parseError(['--port', '8000', '--fail-rate', '1.5']).message).toMatch(/--fail-rate.*0\.\.1/);

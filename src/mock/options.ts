@@ -67,8 +67,9 @@ export const MOCK_WORKER_USAGE = `Usage: smg mock-worker --port P [options]
 Simulated SGLang/vLLM-style OpenAI-compatible engines, one per port.
 
 Options:
-  --port P                  first port to listen on (required, 1..65535)
-  --count N                 number of workers on ports P..P+N-1 (default 1)
+  --port P                  first port to listen on (required, 1..65535; 0 = an ephemeral
+                            port per worker, each printed on its listening line)
+  --count N                 number of workers on ports P..P+N-1 (default 1, at most 4096)
   --host H                  address to bind (default 127.0.0.1)
   --model NAME              served model name (default mock-model)
   --kv-blocks N             prefix-cache capacity in KV blocks (default 8192)
@@ -84,6 +85,9 @@ Options:
                             does not show
   --help                    show this help
 `;
+
+/** one process serves SMG's scale-test fleet (2,000 workers) with room to spare */
+const MAX_COUNT = 4096;
 
 const NUMBER_RE = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
 
@@ -110,13 +114,13 @@ interface FlagSpec {
 const FLAGS: Record<string, FlagSpec> = {
   port: {
     key: 'port',
-    schema: numeric(z.number().int().min(1).max(65535)),
-    accepts: 'an integer in 1..65535',
+    schema: numeric(z.number().int().min(0).max(65535)),
+    accepts: 'an integer in 0..65535 (0: an ephemeral port per worker)',
   },
   count: {
     key: 'count',
-    schema: numeric(z.number().int().min(1).max(1024)),
-    accepts: 'an integer in 1..1024',
+    schema: numeric(z.number().int().min(1).max(MAX_COUNT)),
+    accepts: `an integer in 1..${MAX_COUNT}`,
   },
   host: { key: 'host', schema: z.string().trim().min(1), accepts: 'a non-empty host name or address' },
   model: { key: 'model', schema: z.string().trim().min(1), accepts: 'a non-empty model name' },
@@ -217,7 +221,7 @@ export function parseMockWorkerArgs(argv: string[], env: NodeJS.ProcessEnv = {})
     throw new MockWorkerArgsError(`--port is required: ${FLAGS.port.accepts}`);
   }
   const opts = { ...MOCK_WORKER_DEFAULTS, ...values, help: false } as MockWorkerOptions;
-  if (opts.port + opts.count - 1 > 65535) {
+  if (opts.port !== 0 && opts.port + opts.count - 1 > 65535) {
     throw new MockWorkerArgsError(
       `--port ${opts.port} with --count ${opts.count} runs past port 65535: lower --port or --count`,
     );

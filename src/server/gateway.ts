@@ -278,11 +278,14 @@ export async function startGateway(cfg: Config, opts: GatewayOptions = {}): Prom
   const maintenance = setInterval(() => policies.maintain(), cfg.policyParams.evictionIntervalSecs * 1000);
   maintenance.unref();
 
-  for (const raw of cfg.workerUrls) {
-    const parsed = parseWorkerSpec({ url: raw });
-    if ('error' in parsed) throw new Error(`--worker-urls: ${parsed.error}`);
-    if (!replica.registry.getByUrl(parsed.spec.url)) manager.register(parsed.spec);
-  }
+  // one registry write for the whole list (restored or repeated URLs are skipped)
+  manager.registerAll(
+    cfg.workerUrls.map((raw) => {
+      const parsed = parseWorkerSpec({ url: raw });
+      if ('error' in parsed) throw new Error(`--worker-urls: ${parsed.error}`);
+      return parsed.spec;
+    }),
+  );
 
   const closers: (() => Promise<void>)[] = [];
   let metricsUrl: string | undefined;

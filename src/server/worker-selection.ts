@@ -26,6 +26,7 @@ export interface Selection {
 export const OTHER_MODEL_LABEL = 'other';
 
 export class WorkerSelection {
+  private refreshQueued = false;
   /** alias → canonical model (`--model-alias`) */
   private readonly aliases: ReadonlyMap<string, string>;
   /** alias names and their targets: models the operator named, so fit for a metric label */
@@ -39,11 +40,24 @@ export class WorkerSelection {
     this.aliases = new Map(Object.entries(cfg.modelAliases));
     this.aliasModels = new Set([...this.aliases.keys(), ...this.aliases.values()]);
     replica.onApplied((ev, changed) => {
-      if (changed && (ev.kind === 'worker.upsert' || ev.kind === 'worker.remove')) this.refreshPolicies();
+      if (changed && (ev.kind === 'worker.upsert' || ev.kind === 'worker.remove')) this.refreshSoon();
     });
     // a model's policy set cluster-wide (on any peer) replaces its instance here
     replica.onRegistryDiff((diff) => {
-      if (diff.policiesChanged) this.refreshPolicies();
+      if (diff.policiesChanged) this.refreshSoon();
+    });
+  }
+
+  /**
+   * Policies learn of worker-set changes once per tick: a burst (2,000 `--worker-urls`, a registry
+   * sync) costs one refresh, not one O(workers) refresh per worker. No request is routed in between.
+   */
+  private refreshSoon(): void {
+    if (this.refreshQueued) return;
+    this.refreshQueued = true;
+    queueMicrotask(() => {
+      this.refreshQueued = false;
+      this.refreshPolicies();
     });
   }
 
@@ -112,7 +126,11 @@ export class WorkerSelection {
 
   private refreshPolicies(): void {
     const reg = this.replica.registry;
-    for (const m of reg.models()) this.policies.workersChanged(m, reg.forModel(m));
-    this.policies.workersChanged('', reg.list());
+    // only models with a policy instance hold state to update (instances are created on first use),
+    // so a registration burst with no traffic yet never builds the registry's sorted lists
+    for (const { model } of this.policies.names()) {
+      if (model === '') this.policies.workersChanged('', reg.list());
+      else if (reg.hasModel(model)) this.policies.workersChanged(model, reg.forModel(model));
+    }
   }
 }

@@ -143,6 +143,34 @@ describe('local writes', () => {
     ]);
   });
 
+  it('upserts in bulk in as few changes as fit a gossip message each, all or nothing', () => {
+    const d = RegistryDoc.create(actor('n1'));
+    const diffs: RegistryDocDiff[] = [];
+    d.onChange((diff) => diffs.push(diff));
+    const batch = Array.from({ length: 1000 }, (_, i) => [`w${i}`, spec(`http://h${i}:8000`)] as const);
+    const changes = d.upsertWorkers(batch);
+    // ~1000 specs of ~240 B: a handful of changes, each under the 64 KiB a gossip message carries
+    expect(changes.length).toBeGreaterThan(1);
+    expect(changes.length).toBeLessThan(20);
+    for (const c of changes) expect(c.length).toBeLessThan(60 * 1024);
+    expect(d.workers().size).toBe(1000);
+    expect(diffs.flatMap((x) => x.upserted).sort()).toEqual(batch.map(([id]) => id).sort());
+    // a peer that applies the changes sees the same workers
+    const peer = RegistryDoc.create(actor('n2'));
+    peer.applyChanges(changes);
+    expect(snapshot(peer).workers).toEqual(snapshot(d).workers);
+    // unchanged specs write nothing; one removed id refuses the whole batch
+    expect(d.upsertWorkers(batch.slice(0, 10))).toEqual([]);
+    d.removeWorker('w5');
+    expect(() =>
+      d.upsertWorkers([
+        ['w1', spec('http://other:1')],
+        ['w5', spec('http://x:1')],
+      ]),
+    ).toThrow(RegistryDocError);
+    expect(d.workers().get('w1')?.url).toBe('http://h1:8000');
+  });
+
   it('keeps unchanged view objects across rebuilds and replaces the maps', () => {
     const d = RegistryDoc.create(actor('n1'));
     d.upsertWorker('w1', spec('http://a'));
@@ -297,6 +325,47 @@ describe('convergence by change exchange', () => {
         for (const id of s0.removed) expect(docs[0].workers().has(id)).toBe(false);
       }),
       { numRuns: 60 },
+    );
+  });
+
+  it('views updated change by change (only the touched keys) equal a full read, and the diffs replay them', () => {
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 30 }), fc.integer({ min: 0, max: 1_000_000 }), (ops, seed) => {
+        const docs = [0, 1, 2].map((i) => RegistryDoc.create(actor(`n${i}`), { now: () => i }));
+        // what a listener of doc 0 rebuilds from the diffs alone
+        const mirror = new Map<string, WorkerSpec>();
+        docs[0].onChange((diff) => {
+          for (const id of diff.upserted) mirror.set(id, docs[0].workers().get(id)!);
+          for (const id of diff.removed) mirror.delete(id);
+        });
+        const logs: Uint8Array[][] = [[], [], []];
+        const check = () => {
+          const full = RegistryDoc.load(actor('check'), docs[0].save());
+          expect(snapshot(docs[0])).toEqual(snapshot(full));
+          expect(docs[0].invalidEntries()).toBe(full.invalidEntries());
+          expect(new Map([...mirror].sort())).toEqual(new Map([...docs[0].workers()].sort()));
+        };
+        for (const op of ops) {
+          if (op.kind === 'deliver') {
+            docs[op.to].applyChanges(scramble(logs[op.from], op.seed));
+            if (op.to === 0) check();
+            continue;
+          }
+          const d = docs[op.at];
+          let out: Uint8Array[];
+          if (op.kind === 'upsert') {
+            if (d.isRemoved(op.id)) continue;
+            out = d.upsertWorker(op.id, spec(`http://${op.id}`, op.priority));
+          } else if (op.kind === 'remove') out = d.removeWorker(op.id);
+          else if (op.kind === 'policy') out = d.setPolicy(op.model, op.policy);
+          else out = op.value === null ? d.deleteConfig(op.key) : d.setConfig(op.key, op.value);
+          logs[op.at].push(...out);
+          if (op.at === 0) check();
+        }
+        docs[0].applyChanges(scramble(logs.flat(), seed));
+        check();
+      }),
+      { numRuns: 40 },
     );
   });
 });

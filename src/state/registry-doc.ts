@@ -4,9 +4,10 @@
  * every local write returns the change bytes the store appends and the mesh gossips, and the
  * Automerge sync protocol repairs, per peer, whatever gossip missed.
  *
- * Routing never reads Automerge: after every change of the document this module rebuilds plain
+ * Routing never reads Automerge: after every change of the document this module updates plain
  * maps (`workers()`, `policies()`, `config()`) and tells `onChange` listeners what moved, so the
- * Replica can feed its WorkerRegistry.
+ * Replica can feed its WorkerRegistry. A change re-reads only the keys it touched (found with
+ * `Automerge.diff`), so registering N workers reads the document O(N) times, not O(N²).
  *
  * Stored shape (the root maps come from one deterministic genesis change shared by every peer, so
  * two nodes that start alone never create rival `workers` maps whose contents would shadow each
@@ -109,6 +110,12 @@ interface RootShape {
 type Doc = Automerge.Doc<RootShape>;
 type SyncState = ReturnType<typeof Automerge.initSyncState>;
 
+/**
+ * Spec text per change when upserting in bulk: every change is gossiped as one message (at most
+ * 64 KiB), and a change takes about 1.2 times its specs' text.
+ */
+const MAX_BATCH_SPEC_BYTES = 32 * 1024;
+
 /** Bytes of the incarnation suffix of an actor id. */
 const INCARNATION_BYTES = 4;
 const MAX_NODE_ID_BYTES = 64;
@@ -182,17 +189,20 @@ export class RegistryDoc {
   private readonly now: () => number;
   private sealer: SecretSealer;
   /** per live worker with a key: how its key is held */
-  private keyStates = new Map<string, KeyState>();
+  private readonly keyStates = new Map<string, KeyState>();
 
   /** raw stored text per live worker / policy / config key: the change detector of the views */
-  private rawWorkers = new Map<string, string>();
+  private readonly rawWorkers = new Map<string, string>();
   private rawPolicies = new Map<string, string>();
   private rawConfig = new Map<string, string>();
   private workerView: ReadonlyMap<string, WorkerSpec> = new Map();
   private policyView: ReadonlyMap<string, ModelPolicy> = new Map();
   private configView: ReadonlyMap<string, string> = new Map();
   private removedIds: ReadonlySet<string> = new Set();
-  private invalid = 0;
+  /** worker entries whose stored text does not parse or fails the spec check */
+  private readonly invalidWorkers = new Set<string>();
+  /** policy and config entries whose stored value does not parse */
+  private invalidOther = 0;
   private viewHeads = '';
   /** what a stored worker spec must pass to enter the views (see `setSpecCheck`) */
   private specCheck: WorkerSpecCheck = hasSpecShape;
@@ -265,7 +275,7 @@ export class RegistryDoc {
    */
   setSpecCheck(check: WorkerSpecCheck): void {
     this.specCheck = check;
-    this.rawWorkers = new Map();
+    this.rawWorkers.clear();
     this.workerView = new Map();
     this.viewHeads = '';
     this.refresh();
@@ -277,7 +287,7 @@ export class RegistryDoc {
    */
   setSealer(sealer: SecretSealer): void {
     this.sealer = sealer;
-    this.rawWorkers = new Map();
+    this.rawWorkers.clear();
     this.viewHeads = '';
     this.refresh();
   }
@@ -285,6 +295,44 @@ export class RegistryDoc {
   // ---- local writes: each returns the new change bytes for the store and the outbox ----
 
   upsertWorker(id: string, spec: WorkerSpec): Uint8Array[] {
+    return this.upsertWorkers([[id, spec]]);
+  }
+
+  /**
+   * Several upserts in few changes (a registration burst: one Automerge change per ~32 KiB of specs
+   * instead of one per worker, each of which costs a copy of the whole `workers` map). Each change
+   * stays small enough to be gossiped as one message. All or nothing: one invalid entry throws
+   * before anything is written.
+   */
+  upsertWorkers(entries: readonly (readonly [string, WorkerSpec])[]): Uint8Array[] {
+    const texts: [string, string][] = [];
+    for (const [id, spec] of entries) {
+      const text = this.workerText(id, spec);
+      if (text !== undefined) texts.push([id, text]);
+    }
+    const changes: Uint8Array[] = [];
+    for (let i = 0; i < texts.length;) {
+      const part: [string, string][] = [];
+      for (let bytes = 0; i < texts.length; i++) {
+        const size = Buffer.byteLength(texts[i][1]);
+        if (part.length > 0 && bytes + size > MAX_BATCH_SPEC_BYTES) break;
+        part.push(texts[i]);
+        bytes += size;
+      }
+      changes.push(
+        ...this.write((d) => {
+          for (const [id, text] of part) d.workers[id] = new Automerge.ImmutableString(text);
+        }),
+      );
+    }
+    return changes;
+  }
+
+  /**
+   * The text to store for a worker's spec, or undefined when readers would see no change; throws
+   * when the id was removed or the spec does not pass validation.
+   */
+  private workerText(id: string, spec: WorkerSpec): string | undefined {
     checkKey('worker id', id);
     if (this.removedIds.has(id) || (Object.hasOwn(this.doc.removed, id) && this.doc.removed[id] === true)) {
       throw new RegistryDocError('worker_removed', `worker ${id} was removed; register it under a new id`);
@@ -298,10 +346,8 @@ export class RegistryDoc {
     const cur = this.workerView.get(id);
     const due = this.keyStates.get(id)?.kind;
     if (cur && due !== 'plaintext' && due !== 'rekey' && canonicalJson(cur) === canonicalJson(view.spec))
-      return [];
-    return this.write((d) => {
-      d.workers[id] = new Automerge.ImmutableString(text);
-    });
+      return undefined;
+    return text;
   }
 
   removeWorker(id: string): Uint8Array[] {
@@ -375,6 +421,7 @@ export class RegistryDoc {
   applyChanges(changes: Uint8Array[]): { changed: boolean } {
     if (changes.length === 0) return { changed: false };
     validateChanges(changes);
+    const before = Automerge.getHeads(this.doc);
     try {
       [this.doc] = Automerge.applyChanges(this.doc, changes);
     } catch (err) {
@@ -383,7 +430,7 @@ export class RegistryDoc {
         cause: err,
       });
     }
-    return { changed: this.refresh() };
+    return { changed: this.refresh(before) };
   }
 
   /** the sync state kept for `peerId` (created on first use) */
@@ -414,6 +461,7 @@ export class RegistryDoc {
       });
     }
     const before = this.syncStateFor(peerId);
+    const heads = Automerge.getHeads(this.doc);
     try {
       const [doc, state] = Automerge.receiveSyncMessage(this.doc, before, msg);
       this.doc = doc;
@@ -426,7 +474,7 @@ export class RegistryDoc {
         cause: err,
       });
     }
-    return { changed: this.refresh() };
+    return { changed: this.refresh(heads) };
   }
 
   /** drops the sync session of a peer that left (a rejoin starts a new one) */
@@ -511,7 +559,7 @@ export class RegistryDoc {
    * foreign, newer or older peer); listeners are told whenever this count changes.
    */
   invalidEntries(): number {
-    return this.invalid;
+    return this.invalidWorkers.size + this.invalidOther;
   }
 
   onChange(listener: RegistryDocListener): () => void {
@@ -574,7 +622,7 @@ export class RegistryDoc {
     const before = Automerge.getHeads(this.doc);
     this.doc = Automerge.change(this.doc, { time: undefined }, fn);
     const changes = Automerge.getChangesSince(this.doc, before);
-    this.refresh();
+    this.refresh(before);
     return changes;
   }
 
@@ -595,102 +643,140 @@ export class RegistryDoc {
     this.refresh();
   }
 
-  /** rebuilds the views if the heads moved (and tells the listeners what changed); returns whether they moved */
-  private refresh(): boolean {
-    const headsKey = Automerge.getHeads(this.doc).join(',');
+  /**
+   * Brings the views up to date if the heads moved (and tells the listeners what changed); returns
+   * whether they moved. With `before` (the heads the views reflect), only the keys the change
+   * touched are re-read; otherwise (start, recovery, a new spec check or sealer) the whole document.
+   */
+  private refresh(before?: string[]): boolean {
+    const heads = Automerge.getHeads(this.doc);
+    const headsKey = heads.join(',');
     if (headsKey === this.viewHeads) return false;
+    const touched =
+      before !== undefined && before.join(',') === this.viewHeads
+        ? touchedKeys(Automerge.diff(this.doc, before, heads))
+        : undefined;
     this.viewHeads = headsKey;
     const root = this.doc;
+    const workersMap: Record<string, unknown> = root.workers ?? {};
+    const removedMap: Record<string, unknown> = root.removed ?? {};
 
-    const removedIds = new Set<string>();
-    for (const [id, v] of Object.entries(root.removed ?? {})) if (v === true) removedIds.add(id);
+    let removedIds = this.removedIds;
+    let ids: Iterable<string>;
+    if (touched) {
+      if (touched.removed.size > 0) {
+        const next = new Set(removedIds);
+        for (const id of touched.removed) {
+          if (Object.hasOwn(removedMap, id) && removedMap[id] === true) next.add(id);
+          else next.delete(id);
+        }
+        removedIds = next;
+      }
+      ids = new Set([...touched.workers, ...touched.removed]);
+    } else {
+      const all = new Set<string>();
+      for (const [id, v] of Object.entries(removedMap)) if (v === true) all.add(id);
+      removedIds = all;
+      ids = new Set([
+        ...Object.keys(workersMap),
+        ...this.workerView.keys(),
+        ...this.invalidWorkers,
+        ...this.keyStates.keys(),
+      ]);
+    }
 
-    let invalid = 0;
-    const rawWorkers = new Map<string, string>();
-    const workerView = new Map<string, WorkerSpec>();
-    const keyStates = new Map<string, KeyState>();
+    // the worker view is copied (the maps handed out are never mutated); the raw texts, key states
+    // and invalid ids are private and updated in place
+    const invalidBefore = this.invalidWorkers.size + this.invalidOther;
+    const workerView = new Map(this.workerView);
     const upserted: string[] = [];
-    for (const [id, v] of Object.entries(root.workers ?? {})) {
-      if (removedIds.has(id)) continue;
-      const text = scalarText(v);
-      if (text === undefined) {
-        invalid++;
-        continue;
-      }
-      const prev = this.workerView.get(id);
-      if (this.rawWorkers.get(id) === text && prev) {
-        rawWorkers.set(id, text);
-        workerView.set(id, prev);
-        const key = this.keyStates.get(id);
-        if (key) keyStates.set(id, key);
-        continue;
-      }
-      const view = this.viewOf(id, text);
-      if (!view) {
-        invalid++;
-        continue;
-      }
-      rawWorkers.set(id, text);
-      if (view.key) keyStates.set(id, view.key);
-      // a key sealed again (another nonce or key) is no change for readers: keep their object
-      if (prev && canonicalJson(prev) === canonicalJson(view.spec)) workerView.set(id, prev);
-      else {
-        workerView.set(id, view.spec);
-        upserted.push(id);
-      }
-    }
-    // newly tombstoned ids (seen here or not: the Replica drops their cache and load entries too),
-    // and ids that left the view some other way
     const removed: string[] = [];
-    for (const id of removedIds) if (!this.removedIds.has(id)) removed.push(id);
-    for (const id of this.workerView.keys()) if (!workerView.has(id) && !removedIds.has(id)) removed.push(id);
-
-    const rawPolicies = new Map<string, string>();
-    const policyView = new Map<string, ModelPolicy>();
-    for (const [model, v] of Object.entries(root.policies ?? {})) {
-      const text = scalarText(v);
-      const policy =
-        text === undefined
-          ? undefined
-          : this.rawPolicies.get(model) === text
-            ? this.policyView.get(model)
-            : parsePolicy(text);
-      if (!policy || text === undefined) {
-        invalid++;
+    for (const id of ids) {
+      const prev = this.workerView.get(id);
+      const prevText = this.rawWorkers.get(id);
+      const prevKey = this.keyStates.get(id);
+      this.rawWorkers.delete(id);
+      this.keyStates.delete(id);
+      this.invalidWorkers.delete(id);
+      workerView.delete(id);
+      const text =
+        removedIds.has(id) || !Object.hasOwn(workersMap, id) ? undefined : scalarText(workersMap[id]);
+      if (text !== undefined && prevText === text && prev) {
+        this.rawWorkers.set(id, text);
+        workerView.set(id, prev);
+        if (prevKey) this.keyStates.set(id, prevKey);
         continue;
       }
-      rawPolicies.set(model, text);
-      policyView.set(model, policy);
-    }
-
-    const rawConfig = new Map<string, string>();
-    for (const [key, v] of Object.entries(root.config ?? {})) {
-      const text = scalarText(v);
-      if (text === undefined) {
-        invalid++;
+      const view = text === undefined ? undefined : this.viewOf(id, text);
+      if (view && text !== undefined) {
+        this.rawWorkers.set(id, text);
+        if (view.key) this.keyStates.set(id, view.key);
+        // a key sealed again (another nonce or key) is no change for readers: keep their object
+        if (prev && canonicalJson(prev) === canonicalJson(view.spec)) workerView.set(id, prev);
+        else {
+          workerView.set(id, view.spec);
+          upserted.push(id);
+        }
         continue;
       }
-      rawConfig.set(key, text);
+      // stored but unusable: left out of the views and counted
+      if (!removedIds.has(id) && Object.hasOwn(workersMap, id)) this.invalidWorkers.add(id);
+      // ids that left the view some other way than a tombstone
+      if (prev && !removedIds.has(id)) removed.push(id);
+    }
+    // newly tombstoned ids (seen here or not: the Replica drops their cache and load entries too)
+    for (const id of touched ? touched.removed : removedIds)
+      if (removedIds.has(id) && !this.removedIds.has(id)) removed.push(id);
+
+    let policiesChanged = false;
+    let configChanged = false;
+    if (!touched || touched.other) {
+      let invalid = 0;
+      const rawPolicies = new Map<string, string>();
+      const policyView = new Map<string, ModelPolicy>();
+      for (const [model, v] of Object.entries(root.policies ?? {})) {
+        const text = scalarText(v);
+        const policy =
+          text === undefined
+            ? undefined
+            : this.rawPolicies.get(model) === text
+              ? this.policyView.get(model)
+              : parsePolicy(text);
+        if (!policy || text === undefined) {
+          invalid++;
+          continue;
+        }
+        rawPolicies.set(model, text);
+        policyView.set(model, policy);
+      }
+
+      const rawConfig = new Map<string, string>();
+      for (const [key, v] of Object.entries(root.config ?? {})) {
+        const text = scalarText(v);
+        if (text === undefined) {
+          invalid++;
+          continue;
+        }
+        rawConfig.set(key, text);
+      }
+
+      policiesChanged = !sameEntries(this.rawPolicies, rawPolicies);
+      configChanged = !sameEntries(this.rawConfig, rawConfig);
+      this.invalidOther = invalid;
+      if (policiesChanged) {
+        this.rawPolicies = rawPolicies;
+        this.policyView = policyView;
+      }
+      if (configChanged) {
+        this.rawConfig = rawConfig;
+        this.configView = new Map(rawConfig);
+      }
     }
 
-    const policiesChanged = !sameEntries(this.rawPolicies, rawPolicies);
-    const configChanged = !sameEntries(this.rawConfig, rawConfig);
-
-    this.rawWorkers = rawWorkers;
     this.workerView = workerView;
-    this.keyStates = keyStates;
     this.removedIds = removedIds;
     // a new entry left out changes no view, but listeners still hear of it (to count and report it)
-    const invalidChanged = invalid !== this.invalid;
-    this.invalid = invalid;
-    if (policiesChanged) {
-      this.rawPolicies = rawPolicies;
-      this.policyView = policyView;
-    }
-    if (configChanged) {
-      this.rawConfig = rawConfig;
-      this.configView = new Map(rawConfig);
-    }
+    const invalidChanged = this.invalidWorkers.size + this.invalidOther !== invalidBefore;
 
     if (upserted.length > 0 || removed.length > 0 || policiesChanged || configChanged || invalidChanged) {
       upserted.sort();
@@ -699,6 +785,25 @@ export class RegistryDoc {
     }
     return true;
   }
+}
+
+/**
+ * The keys of `workers` and `removed` a change touched, and whether it touched `policies` or
+ * `config`; undefined when it touched the root maps themselves (then the whole document is read).
+ */
+function touchedKeys(
+  patches: Automerge.Patch[],
+): { workers: Set<string>; removed: Set<string>; other: boolean } | undefined {
+  const out = { workers: new Set<string>(), removed: new Set<string>(), other: false };
+  for (const p of patches) {
+    const [map, key] = p.path;
+    if (typeof key !== 'string') return undefined;
+    if (map === 'workers') out.workers.add(key);
+    else if (map === 'removed') out.removed.add(key);
+    else if (map === 'policies' || map === 'config') out.other = true;
+    else return undefined;
+  }
+  return out;
 }
 
 function checkActor(actorHex: string): void {

@@ -9,8 +9,9 @@
  * any node drains it, ready if one of them sees it ready, else their latest word. So one peer's failed
  * probes never take a worker out of the fleet while another prober still reaches it.
  *
- * Views are rebuilt when the registry or a worker's health changes (rare) so that routing reads
- * plain arrays on the hot path.
+ * Views: a change updates the one worker's view (O(1), so registering or probing N workers is O(N)
+ * overall, not O(N²)); the sorted lists routing reads are rebuilt on the first read after a change,
+ * once per burst of changes, so routing still reads plain arrays on the hot path.
  */
 import type { WorkerHealthEvent, WorkerRemoveEvent, WorkerUpsertEvent } from './events.js';
 import { compareHlc, type Hlc } from './hlc.js';
@@ -42,14 +43,17 @@ export class WorkerRegistry {
   /** does `node`'s observation of `workerId` count? (the mesh: is it a current prober) */
   private judge: (workerId: string, node: string) => boolean = () => true;
 
-  private views = new Map<string, WorkerView>();
+  private readonly views = new Map<string, WorkerView>();
+  /** url → its live views (more than one only while a duplicate registration is being resolved) */
+  private readonly byUrl = new Map<string, WorkerView[]>();
+  /** the lists below are stale: rebuilt on the next read */
+  private listsStale = false;
   private all: WorkerView[] = [];
   private byModel = new Map<string, WorkerView[]>();
   private wildcard: WorkerView[] = [];
   private routableByModel = new Map<string, WorkerView[]>();
   private routableWildcard: WorkerView[] = [];
   private routableAll: WorkerView[] = [];
-  private byUrl = new Map<string, WorkerView>();
   /** local, non-replicated exclusions (this node's open circuit breakers) */
   private readonly excluded = new Set<string>();
 
@@ -57,7 +61,7 @@ export class WorkerRegistry {
     const cur = this.entries.get(ev.id);
     if (cur && (cur.removed || compareHlc(cur.hlc, ev.hlc) >= 0)) return false;
     this.entries.set(ev.id, { hlc: ev.hlc, removed: false, spec: ev.spec });
-    this.rebuild();
+    this.refreshView(ev.id);
     return true;
   }
 
@@ -69,7 +73,7 @@ export class WorkerRegistry {
       return false;
     }
     this.entries.set(ev.id, { hlc: ev.hlc, removed: true });
-    this.rebuild();
+    this.refreshView(ev.id);
     return true;
   }
 
@@ -79,7 +83,7 @@ export class WorkerRegistry {
     const cur = byNode.get(ev.hlc.node);
     if (cur && compareHlc(cur.hlc, ev.hlc) >= 0) return false;
     byNode.set(ev.hlc.node, { hlc: ev.hlc, status: ev.status });
-    if (this.entries.get(ev.id)?.removed === false) this.rebuild();
+    if (this.entries.get(ev.id)?.removed === false) this.refreshView(ev.id);
     return true;
   }
 
@@ -100,7 +104,7 @@ export class WorkerRegistry {
       dst.set(node, o);
       changed = true;
     }
-    if (changed && this.entries.get(into)?.removed === false) this.rebuild();
+    if (changed && this.entries.get(into)?.removed === false) this.refreshView(into);
   }
 
   /**
@@ -109,11 +113,11 @@ export class WorkerRegistry {
    */
   setHealthJudge(judge: (workerId: string, node: string) => boolean): void {
     this.judge = judge;
-    this.rebuild();
+    this.rejudge();
   }
 
   rejudge(): void {
-    this.rebuild();
+    for (const id of this.views.keys()) this.refreshView(id);
   }
 
   /** every node's latest observation of a worker (for /mesh/workers and tests) */
@@ -147,9 +151,11 @@ export class WorkerRegistry {
    */
   setExcluded(id: string, excluded: boolean): void {
     if (excluded === this.excluded.has(id)) return;
+    // an unknown (or removed) worker has nothing to exclude
+    if (excluded && !this.views.has(id)) return;
     if (excluded) this.excluded.add(id);
     else this.excluded.delete(id);
-    this.rebuild();
+    this.listsStale = true;
   }
 
   isExcluded(id: string): boolean {
@@ -166,29 +172,45 @@ export class WorkerRegistry {
   }
 
   getByUrl(url: string): WorkerView | undefined {
-    return this.byUrl.get(url);
+    const list = this.byUrl.get(url);
+    return list?.[list.length - 1];
+  }
+
+  /** every live worker registered under `url` (two only while peers resolve a duplicate) */
+  allByUrl(url: string): readonly WorkerView[] {
+    return this.byUrl.get(url) ?? [];
+  }
+
+  /** live workers */
+  size(): number {
+    return this.views.size;
   }
 
   list(): readonly WorkerView[] {
+    if (this.listsStale) this.rebuildLists();
     return this.all;
   }
 
   /** every model id some worker declares, sorted */
   models(): string[] {
+    if (this.listsStale) this.rebuildLists();
     return [...this.byModel.keys()].sort();
   }
 
   /** workers that serve `model` (including wildcard workers), routable or not */
   forModel(model: string): readonly WorkerView[] {
+    if (this.listsStale) this.rebuildLists();
     return this.byModel.get(model) ?? this.wildcard;
   }
 
   hasModel(model: string): boolean {
+    if (this.listsStale) this.rebuildLists();
     return this.byModel.has(model);
   }
 
   /** routable workers for `model`; `undefined` = every routable worker */
   routable(model?: string): readonly WorkerView[] {
+    if (this.listsStale) this.rebuildLists();
     if (model === undefined) return this.routableAll;
     const named = this.routableByModel.get(model);
     if (!named) return this.routableWildcard;
@@ -212,31 +234,55 @@ export class WorkerRegistry {
     };
   }
 
-  private rebuild(): void {
-    const views = new Map<string, WorkerView>();
-    const all: WorkerView[] = [];
+  /** brings the view of one worker up to date with its entry and observations */
+  private refreshView(id: string): void {
+    const e = this.entries.get(id);
+    const prev = this.views.get(id);
+    if (!e || e.removed || !e.spec) {
+      if (!prev) return;
+      this.views.delete(id);
+      this.unindexUrl(prev);
+      this.excluded.delete(id);
+      this.listsStale = true;
+      return;
+    }
+    const status = this.statusOf(id);
+    if (prev && prev.spec === e.spec && prev.status === status) return;
+    const view: WorkerView = {
+      id,
+      url: e.spec.url,
+      spec: e.spec,
+      models: e.spec.models,
+      status,
+      routable: status === 'ready',
+      version: e.hlc,
+    };
+    this.views.set(id, view);
+    if (prev) this.unindexUrl(prev);
+    const sameUrl = this.byUrl.get(view.url);
+    if (sameUrl) sameUrl.push(view);
+    else this.byUrl.set(view.url, [view]);
+    this.listsStale = true;
+  }
+
+  private unindexUrl(view: WorkerView): void {
+    const list = this.byUrl.get(view.url);
+    if (!list) return;
+    const rest = list.filter((w) => w.id !== view.id);
+    if (rest.length > 0) this.byUrl.set(view.url, rest);
+    else this.byUrl.delete(view.url);
+  }
+
+  /** the sorted lists routing reads, from the views (a new array whenever anything changed) */
+  private rebuildLists(): void {
+    this.listsStale = false;
+    // stable order: by URL, so policies that pick "the first" are deterministic across peers; the
+    // other lists are filled from the sorted one and need no sort of their own
+    const byUrlOrder = (a: WorkerView, b: WorkerView) => (a.url < b.url ? -1 : a.url > b.url ? 1 : 0);
+    const all = [...this.views.values()].sort(byUrlOrder);
     const byModel = new Map<string, WorkerView[]>();
     const wildcard: WorkerView[] = [];
-    const byUrl = new Map<string, WorkerView>();
-    for (const [id, e] of this.entries) {
-      if (e.removed || !e.spec) continue;
-      const status = this.statusOf(id);
-      const prev = this.views.get(id);
-      const view: WorkerView =
-        prev && prev.spec === e.spec && prev.status === status
-          ? prev
-          : {
-              id,
-              url: e.spec.url,
-              spec: e.spec,
-              models: e.spec.models,
-              status,
-              routable: status === 'ready',
-              version: e.hlc,
-            };
-      views.set(id, view);
-      all.push(view);
-      byUrl.set(view.url, view);
+    for (const view of all) {
       if (view.models.length === 0) wildcard.push(view);
       for (const m of view.models) {
         let list = byModel.get(m);
@@ -244,29 +290,21 @@ export class WorkerRegistry {
         list.push(view);
       }
     }
-    // stable order: by URL, so policies that pick "the first" are deterministic across peers
-    const byUrlOrder = (a: WorkerView, b: WorkerView) => (a.url < b.url ? -1 : a.url > b.url ? 1 : 0);
-    all.sort(byUrlOrder);
-    wildcard.sort(byUrlOrder);
     const routableByModel = new Map<string, WorkerView[]>();
     const excluded = this.excluded;
     const usable = (w: WorkerView) => w.routable && !excluded.has(w.id);
     const routableWildcard = wildcard.filter(usable);
     // per-model lists include the wildcard workers, built once here so reads never allocate
     for (const [m, list] of byModel) {
-      list.sort(byUrlOrder);
       if (wildcard.length > 0) byModel.set(m, [...list, ...wildcard]);
       const r = list.filter(usable);
       routableByModel.set(m, routableWildcard.length === 0 ? r : [...r, ...routableWildcard]);
     }
-    this.views = views;
     this.all = all;
     this.byModel = byModel;
     this.wildcard = wildcard;
-    this.byUrl = byUrl;
     this.routableByModel = routableByModel;
     this.routableWildcard = routableWildcard;
     this.routableAll = all.filter(usable);
-    for (const id of excluded) if (!views.has(id)) excluded.delete(id);
   }
 }

@@ -169,6 +169,52 @@ export async function startMockFleet(count: number, extra: string[] = []): Promi
   return Object.assign(proc, { urls });
 }
 
+/**
+ * A mock fleet on ephemeral ports (`--port 0`): no run of consecutive free ports is needed, so it
+ * suits large fleets (the scale benchmark's 2,000 workers). Resolves once every worker printed its
+ * listening line, with the URLs in that order.
+ */
+export async function startEphemeralMockFleet(
+  count: number,
+  extra: string[] = [],
+  timeoutMs = 60_000,
+): Promise<MockFleetProc> {
+  const proc = spawnSmg(['mock-worker', '--port', '0', '--count', String(count), ...extra]);
+  const urls: string[] = [];
+  let buf = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(
+      () => done(new Error(`mock fleet: ${urls.length}/${count} listening`)),
+      timeoutMs,
+    );
+    const onData = (b: Buffer) => {
+      buf += b.toString();
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const m = /listening on (\S+)/.exec(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        if (m) urls.push(m[1]);
+      }
+      if (urls.length >= count) done();
+    };
+    const onExit = (code: number | null) =>
+      done(new Error(`mock fleet exited with ${code}\n${proc.output()}`));
+    const done = (err?: Error) => {
+      clearTimeout(timer);
+      proc.child.stdout?.off('data', onData);
+      proc.child.off('exit', onExit);
+      if (err) reject(err);
+      else resolve();
+    };
+    proc.child.stdout?.on('data', onData);
+    proc.child.once('exit', onExit);
+  }).catch(async (err: unknown) => {
+    await proc.stop();
+    throw err;
+  });
+  return Object.assign(proc, { urls });
+}
+
 export interface GatewayProc extends Proc {
   url: string;
   metricsUrl: string;

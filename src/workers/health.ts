@@ -10,7 +10,9 @@
  * First admission is SMG's registration workflow, which activates a worker once it has answered:
  * the success threshold governs recovery from failure (not_ready), not a new worker's first
  * answer, so a worker added with `POST /workers` serves as soon as its first probe (sent at once)
- * succeeds. Pending workers are probed every second (not every interval) until then.
+ * succeeds. While it never answers, the WorkerManager retries it with backoff (1 s, doubling up to
+ * the interval) and counts the 10·f intervals in wall time from its first probe, passing the
+ * budget as 0 once they are over (see probe-scheduler.ts).
  */
 import type { WorkerStatus } from '../state/worker.js';
 

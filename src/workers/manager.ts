@@ -3,6 +3,12 @@
  * worker's /v1/models), health probing, engine-load polling, drain and removal. Every outcome is
  * an event applied to the Replica; routing only ever sees the Replica's views.
  *
+ * Probes run through one ProbeScheduler (≤ 128 in flight, one timer for the fleet): interval
+ * probes fall at a per-worker phase so a fleet's probes spread over the interval, and a worker that
+ * never answered is retried with exponential backoff up to the interval (see probe-scheduler.ts).
+ * Model discovery and engine-load polls have a scheduler each, so 2,000 workers registered at once
+ * never open 2,000 sockets in one tick.
+ *
  * Owns: timers and I/O towards workers (probes, discovery, load polls). Never: routing decisions.
  */
 import { randomUUID } from 'node:crypto';
@@ -16,9 +22,19 @@ import type { Replica } from '../state/replica.js';
 import type { EngineLoad, WorkerSpec, WorkerStatus } from '../state/worker.js';
 import { initialHealth, nextHealth, type HealthState } from './health.js';
 import { parseEngineLoad } from './engine-load.js';
+import { ProbeScheduler, probeDelay, probePhase, type ProbeClock } from './probe-scheduler.js';
 import { splitWorkerUrl, type UpstreamPools } from './upstream.js';
 
-const PENDING_PROBE_MS = 1000;
+/** SMG's bound on concurrent health probes */
+export const MAX_PROBES_IN_FLIGHT = 128;
+/** concurrent model discoveries (`GET /v1/models`, once per worker, a burst at start-up) */
+const MAX_DISCOVERIES_IN_FLIGHT = 32;
+/** concurrent engine-load polls (load-aware policies only) */
+const MAX_LOAD_POLLS_IN_FLIGHT = 64;
+/** a worker this node takes over (mesh duty) is probed within this window, spread by phase */
+const TAKEOVER_SPREAD_MS = 200;
+/** probes due within this window share one wake-up (see ProbeSchedulerOptions.batchMs) */
+const PROBE_BATCH_MS = 1000;
 
 export interface JobStatus {
   state: 'running' | 'completed' | 'failed';
@@ -45,11 +61,13 @@ interface Runtime {
   /** this node's last published observation (what peers hold from it) */
   reported?: WorkerStatus;
   lastProbeAt: number;
+  /** when this node first probed the worker while pending (0: not yet): the pending budget runs from here */
+  pendingSince: number;
+  /** where in each interval this node probes the worker (see probeDelay) */
+  phase: number;
   /** the spec last seen in the registry (a change from any peer re-arms probes and polls) */
   spec: WorkerSpec;
   health: HealthState;
-  timer?: NodeJS.Timeout;
-  loadTimer?: NodeJS.Timeout;
   job: JobStatus;
   modelsDiscovered: boolean;
   probing: boolean;
@@ -72,6 +90,8 @@ export interface WorkerManagerOptions {
   loadMonitorIntervalSecs: number;
   /** whether engine loads must be polled (a load-aware policy is in use) */
   wantsEngineLoads: (spec: WorkerSpec) => boolean;
+  /** probe clock and timers (tests); default the system clock */
+  clock?: ProbeClock;
 }
 
 export class WorkerManager {
@@ -79,8 +99,34 @@ export class WorkerManager {
   private closed = false;
   private duty: ProbeDuty | undefined;
   private readonly dutyOffs: (() => void)[] = [];
+  private readonly probes: ProbeScheduler;
+  private readonly discoveries: ProbeScheduler;
+  private readonly loadPolls: ProbeScheduler;
+  /** models and backend found by discoveries, written in one change per tick (writeDiscovered) */
+  private readonly discovered = new Map<string, { models: string[]; ownedBy?: string }>();
+  private discoveredFlushQueued = false;
+  private readonly now: () => number;
 
   constructor(private readonly o: WorkerManagerOptions) {
+    const clock = o.clock && { clock: o.clock };
+    this.probes = new ProbeScheduler({
+      run: (id, due) => this.probe(id, due),
+      maxInFlight: MAX_PROBES_IN_FLIGHT,
+      batchMs: PROBE_BATCH_MS,
+      ...clock,
+    });
+    this.discoveries = new ProbeScheduler({
+      run: (id) => this.discoverById(id),
+      maxInFlight: MAX_DISCOVERIES_IN_FLIGHT,
+      ...clock,
+    });
+    this.loadPolls = new ProbeScheduler({
+      run: (id) => this.pollLoad(id),
+      maxInFlight: MAX_LOAD_POLLS_IN_FLIGHT,
+      ...clock,
+    });
+    const c = o.clock;
+    this.now = c ? () => c.now() : Date.now;
     // the registry is replicated: workers registered, changed or removed on any peer arrive here
     o.replica.onApplied((ev, changed) => {
       if (!changed || this.closed) return;
@@ -109,13 +155,12 @@ export class WorkerManager {
       if (rt.stopped || rt.drainTimer || this.healthDisabled(rt.spec)) continue;
       const mine = !this.duty || this.duty.isProber(rt.id) || rt.admitting === true;
       if (!mine) {
-        if (rt.timer) clearTimeout(rt.timer);
-        rt.timer = undefined;
-      } else if (!rt.timer && !rt.probing) {
+        this.probes.cancel(rt.id);
+      } else if (!this.probes.isScheduled(rt.id) && !rt.probing) {
         // continue from the fleet's verdict: a ready worker needs the failure threshold to go out
         const status = this.o.replica.registry.get(rt.id)?.status;
         if (status === 'ready' || status === 'not_ready') rt.health = initialHealth(status);
-        this.scheduleProbe(rt, Math.floor(Math.random() * 200));
+        this.scheduleProbe(rt, Math.floor(rt.phase * TAKEOVER_SPREAD_MS));
       }
     }
   }
@@ -124,8 +169,7 @@ export class WorkerManager {
     const rt = this.runtimes.get(id);
     if (!rt || rt.stopped || rt.drainTimer || rt.probing || this.healthDisabled(rt.spec)) return;
     if (this.duty && !this.duty.isProber(id)) return;
-    if (Date.now() - rt.lastProbeAt < MIN_HINTED_PROBE_GAP_MS) return;
-    if (rt.timer) clearTimeout(rt.timer);
+    if (this.now() - rt.lastProbeAt < MIN_HINTED_PROBE_GAP_MS) return;
     this.scheduleProbe(rt, 0);
   }
 
@@ -168,6 +212,25 @@ export class WorkerManager {
     return id;
   }
 
+  /**
+   * Registers many workers in one registry write (`--worker-urls` at start-up: 2,000 workers are
+   * one Automerge change, not 2,000). URLs already registered, or repeated in `specs`, are skipped.
+   */
+  registerAll(specs: readonly WorkerSpec[]): string[] {
+    const batch: [string, WorkerSpec][] = [];
+    const urls = new Set<string>();
+    for (const spec of specs) {
+      if (urls.has(spec.url) || this.o.replica.registry.getByUrl(spec.url)) continue;
+      urls.add(spec.url);
+      batch.push([randomUUID(), spec]);
+    }
+    if (batch.length === 0) return [];
+    for (const [id, spec] of batch) this.start(id, spec).admitting = true;
+    this.o.replica.writeRegistry((d) => d.upsertWorkers(batch));
+    for (const [id, spec] of batch) this.o.logger.info({ worker_id: id, url: spec.url }, 'worker registered');
+    return batch.map(([id]) => id);
+  }
+
   /** probing, discovery and load polls for a worker this node has no runtime for yet */
   private start(id: string, spec: WorkerSpec): Runtime {
     const rt: Runtime = {
@@ -179,6 +242,8 @@ export class WorkerManager {
       probing: false,
       stopped: false,
       lastProbeAt: 0,
+      pendingSince: 0,
+      phase: probePhase(`${this.o.replica.nodeId}/${id}`),
     };
     this.runtimes.set(id, rt);
     const disabled = this.healthDisabled(spec);
@@ -186,12 +251,9 @@ export class WorkerManager {
     queueMicrotask(() => {
       if (rt.stopped) return;
       if (disabled) this.setStatus(rt, 'ready');
-      void this.discover(rt).finally(() => {
-        if (rt.stopped) return;
-        if (rt.job.state === 'running') rt.job = { state: 'completed', message: 'registered' };
-      });
+      this.discoveries.schedule(rt.id, 0);
       if (!disabled) this.scheduleProbe(rt, 0);
-      this.scheduleLoadPoll(rt);
+      this.scheduleLoadPoll(rt, 0);
     });
     return rt;
   }
@@ -217,7 +279,7 @@ export class WorkerManager {
    * smaller id and tombstones the other, so all converge on one worker per URL.
    */
   private dropDuplicate(id: string, spec: WorkerSpec): boolean {
-    const twins = this.o.replica.registry.list().filter((w) => w.url === spec.url && w.id !== id);
+    const twins = this.o.replica.registry.allByUrl(spec.url).filter((w) => w.id !== id);
     if (twins.length === 0) return false;
     const keep = [id, ...twins.map((w) => w.id)].sort()[0];
     for (const loser of [id, ...twins.map((w) => w.id)]) {
@@ -299,6 +361,9 @@ export class WorkerManager {
   async close(): Promise<void> {
     this.closed = true;
     for (const off of this.dutyOffs.splice(0)) off();
+    this.probes.close();
+    this.discoveries.close();
+    this.loadPolls.close();
     for (const rt of this.runtimes.values()) {
       this.stopTimers(rt);
       if (rt.drainTimer) clearTimeout(rt.drainTimer);
@@ -341,25 +406,22 @@ export class WorkerManager {
       wasDisabled !== isDisabled ||
       before.health.check_interval_secs !== after.health.check_interval_secs
     ) {
-      if (rt.timer) clearTimeout(rt.timer);
-      rt.timer = undefined;
+      this.probes.cancel(rt.id);
       if (isDisabled) this.setStatus(rt, 'ready');
       else this.scheduleProbe(rt, 0);
     }
     if (after.models.length === 0) {
       rt.modelsDiscovered = false;
-      void this.discover(rt);
+      this.discoveries.schedule(rt.id, 0);
     }
-    if (rt.loadTimer) clearTimeout(rt.loadTimer);
-    rt.loadTimer = undefined;
-    this.scheduleLoadPoll(rt);
+    this.loadPolls.cancel(rt.id);
+    this.scheduleLoadPoll(rt, 0);
   }
 
   private stopTimers(rt: Runtime): void {
-    if (rt.timer) clearTimeout(rt.timer);
-    if (rt.loadTimer) clearTimeout(rt.loadTimer);
-    rt.timer = undefined;
-    rt.loadTimer = undefined;
+    this.probes.cancel(rt.id);
+    this.discoveries.cancel(rt.id);
+    this.loadPolls.cancel(rt.id);
   }
 
   private authHeaders(spec: WorkerSpec): Record<string, string> {
@@ -377,20 +439,36 @@ export class WorkerManager {
   ): Promise<{ status: number; body: string } | { error: string }> {
     const { origin, basePath } = splitWorkerUrl(spec.url);
     const timeout = this.timeoutMs(spec);
+    // a timer cleared on the answer, not AbortSignal.timeout: that one stays armed for the whole
+    // timeout and cost about as much CPU as the probe itself (thousands of probes a minute)
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(new Error(`no answer within ${timeout} ms`)), timeout);
     try {
       const res = await request(origin + basePath + path, {
-        dispatcher: this.o.pools.get(origin),
+        dispatcher: this.o.pools.control(),
         method: 'GET',
-        headers: this.authHeaders(spec),
+        // the next call to this worker comes seconds later, past any engine's keep-alive: closing
+        // at once spares both sides an idle socket and its timer
+        headers: { ...this.authHeaders(spec), connection: 'close' },
         headersTimeout: timeout,
         bodyTimeout: timeout,
-        signal: AbortSignal.timeout(timeout),
+        signal: abort.signal,
       });
       const body = await res.body.text();
       return { status: res.statusCode, body };
     } catch (err) {
       return { error: err instanceof Error ? err.message : String(err) };
+    } finally {
+      clearTimeout(timer);
     }
+  }
+
+  /** one discovery, run by its scheduler; the first one ends the registration job */
+  private async discoverById(id: string): Promise<void> {
+    const rt = this.runtimes.get(id);
+    if (!rt || rt.stopped) return;
+    await this.discover(rt);
+    if (!rt.stopped && rt.job.state === 'running') rt.job = { state: 'completed', message: 'registered' };
   }
 
   private async discover(rt: Runtime): Promise<void> {
@@ -427,20 +505,10 @@ export class WorkerManager {
       return;
     }
     rt.modelsDiscovered = true;
-    const cur = this.o.replica.registry.get(rt.id);
-    if (cur) {
-      // SMG detects the backend from `owned_by` (sglang, vllm, …) when the spec does not name it
-      const runtime = cur.spec.runtime === 'unspecified' && ownedBy ? ownedBy : cur.spec.runtime;
-      const newModels = models.length > 0 && cur.spec.models.length === 0 ? models : cur.spec.models;
-      if (runtime !== cur.spec.runtime || newModels !== cur.spec.models) {
-        const spec = { ...cur.spec, runtime, models: newModels };
-        const tooBig = workerSpecSizeProblem(spec);
-        if (tooBig !== undefined) {
-          rt.job = { state: 'completed', message: `discovered models not recorded: ${tooBig}` };
-          return;
-        }
-        this.upsert(rt.id, spec);
-      }
+    this.discovered.set(rt.id, { models, ...(ownedBy !== undefined && { ownedBy }) });
+    if (!this.discoveredFlushQueued) {
+      this.discoveredFlushQueued = true;
+      setImmediate(() => this.writeDiscovered());
     }
     rt.job = {
       state: 'completed',
@@ -448,21 +516,68 @@ export class WorkerManager {
     };
   }
 
-  private scheduleProbe(rt: Runtime, delayMs: number): void {
-    if (rt.stopped || this.closed) return;
-    rt.timer = setTimeout(() => void this.probe(rt), delayMs);
-    rt.timer.unref();
+  /**
+   * Writes what the discoveries of the last tick found, in one registry change: at start-up
+   * hundreds of discoveries end within a few ticks, and each change costs a copy of the document's
+   * whole `workers` map. Applied to the spec as it is now (an admin write may have come meanwhile).
+   */
+  private writeDiscovered(): void {
+    this.discoveredFlushQueued = false;
+    if (this.closed) return;
+    const batch: [string, WorkerSpec][] = [];
+    for (const [id, found] of this.discovered) {
+      const cur = this.o.replica.registry.get(id);
+      if (!cur || this.o.replica.doc.isRemoved(id)) continue;
+      // SMG detects the backend from `owned_by` (sglang, vllm, …) when the spec does not name it
+      const runtime = cur.spec.runtime === 'unspecified' && found.ownedBy ? found.ownedBy : cur.spec.runtime;
+      const models = found.models.length > 0 && cur.spec.models.length === 0 ? found.models : cur.spec.models;
+      if (runtime === cur.spec.runtime && models === cur.spec.models) continue;
+      const spec = { ...cur.spec, runtime, models };
+      const tooBig = workerSpecSizeProblem(spec);
+      const rt = this.runtimes.get(id);
+      if (tooBig !== undefined) {
+        if (rt) rt.job = { state: 'completed', message: `discovered models not recorded: ${tooBig}` };
+        continue;
+      }
+      batch.push([id, spec]);
+    }
+    this.discovered.clear();
+    if (batch.length === 0) return;
+    try {
+      this.o.replica.writeRegistry((d) => d.upsertWorkers(batch));
+    } catch {
+      // one refused spec refuses the whole batch: write them one by one, reporting the refused ones
+      for (const [id, spec] of batch) {
+        try {
+          this.upsert(id, spec);
+        } catch (err) {
+          const rt = this.runtimes.get(id);
+          const why = err instanceof Error ? err.message : String(err);
+          if (rt) rt.job = { state: 'completed', message: `discovered models not recorded: ${why}` };
+        }
+      }
+    }
   }
 
-  private async probe(rt: Runtime): Promise<void> {
-    rt.timer = undefined;
-    const view = this.o.replica.registry.get(rt.id);
-    if (!view || rt.stopped || rt.probing) return;
+  private scheduleProbe(rt: Runtime, delayMs: number): void {
+    if (rt.stopped || this.closed) return;
+    this.probes.schedule(rt.id, delayMs);
+  }
+
+  /**
+   * One probe, run by the scheduler (which never runs two of one worker at once) at or shortly
+   * before `due`: the next one is counted from `due`, so an early start never shortens an interval.
+   */
+  private async probe(id: string, due: number): Promise<void> {
+    const rt = this.runtimes.get(id);
+    const view = this.o.replica.registry.get(id);
+    if (!rt || !view || rt.stopped || rt.probing) return;
     // a verdict reached elsewhere ends this node's admission probing
     if (rt.admitting && view.status !== 'pending') rt.admitting = false;
     if (this.duty && !this.duty.isProber(rt.id) && !rt.admitting) return; // another peer's duty now
     rt.probing = true;
-    rt.lastProbeAt = Date.now();
+    rt.lastProbeAt = this.now();
+    if (rt.pendingSince === 0) rt.pendingSince = rt.lastProbeAt;
     const spec = view.spec;
     const res = await this.get(spec, this.o.health.endpoint);
     rt.probing = false;
@@ -477,7 +592,10 @@ export class WorkerManager {
       failureThreshold: spec.health.failure_threshold ?? this.o.health.failureThreshold,
     };
     const intervalMs = 1000 * (spec.health.check_interval_secs ?? this.o.health.intervalSecs);
-    const budget = Math.max(1, Math.ceil((10 * t.failureThreshold * intervalMs) / PENDING_PROBE_MS));
+    // pending → failed after 10·f intervals of wall time from the first probe, however many probes
+    // the backoff fitted in: a budget of 0 fails this probe (unless it promotes), ∞ never does
+    const pendingFor = rt.lastProbeAt - rt.pendingSince;
+    const budget = pendingFor >= 10 * t.failureThreshold * intervalMs ? 0 : Number.POSITIVE_INFINITY;
     const before = rt.health.status;
     rt.health = nextHealth(rt.health, ok, t, budget);
     if (rt.health.status !== 'pending') rt.admitting = false;
@@ -494,7 +612,7 @@ export class WorkerManager {
         },
         'worker health changed',
       );
-      if (rt.health.status === 'ready' && !rt.modelsDiscovered) void this.discover(rt);
+      if (rt.health.status === 'ready' && !rt.modelsDiscovered) this.discoveries.schedule(rt.id, 0);
     } else if (rt.reported !== rt.health.status && rt.health.status !== 'pending') {
       // a prober taking over (or back) a worker: its observation replaces what peers hold from it
       this.setStatus(rt, rt.health.status);
@@ -503,23 +621,41 @@ export class WorkerManager {
       if (this.o.health.removeUnhealthyWorkers) this.finishRemoval(rt.id);
       return;
     }
-    this.scheduleProbe(
-      rt,
-      rt.health.status === 'pending' ? Math.min(PENDING_PROBE_MS, intervalMs) : intervalMs,
-    );
+    const pending = rt.health.status === 'pending';
+    const now = this.now();
+    const from = Math.max(now, due);
+    const delay = probeDelay({
+      now: from,
+      intervalMs,
+      phase: rt.phase,
+      pending,
+      pendingFailures: pending ? rt.health.consecutiveFailures : 0,
+    });
+    this.scheduleProbe(rt, from + delay - now);
   }
 
-  private scheduleLoadPoll(rt: Runtime): void {
+  /** the next load poll in `delayMs`, or (undefined) one load interval on, at the worker's phase */
+  private scheduleLoadPoll(rt: Runtime, delayMs?: number): void {
     const view = this.o.replica.registry.get(rt.id);
     if (!view || rt.stopped || this.closed || !this.o.wantsEngineLoads(view.spec)) return;
     const secs = Math.max(1, view.spec.load_monitor_interval_secs ?? this.o.loadMonitorIntervalSecs);
-    rt.loadTimer = setTimeout(() => void this.pollLoad(rt), rt.loadTimer === undefined ? 0 : secs * 1000);
-    rt.loadTimer.unref();
+    this.loadPolls.schedule(
+      rt.id,
+      delayMs ??
+        probeDelay({
+          now: this.now(),
+          intervalMs: secs * 1000,
+          phase: rt.phase,
+          pending: false,
+          pendingFailures: 0,
+        }),
+    );
   }
 
-  private async pollLoad(rt: Runtime): Promise<void> {
-    const view = this.o.replica.registry.get(rt.id);
-    if (!view || rt.stopped) return;
+  private async pollLoad(id: string): Promise<void> {
+    const rt = this.runtimes.get(id);
+    const view = this.o.replica.registry.get(id);
+    if (!rt || !view || rt.stopped) return;
     let load: EngineLoad | undefined;
     if (view.routable) {
       const res = await this.get(view.spec, '/v1/loads?include=core,queues,memory');
@@ -532,8 +668,6 @@ export class WorkerManager {
     if (rt.stopped || this.closed) return;
     if (load)
       this.o.replica.apply({ kind: 'worker.engine_load', id: rt.id, load, hlc: this.o.replica.tick() });
-    const secs = Math.max(1, view.spec.load_monitor_interval_secs ?? this.o.loadMonitorIntervalSecs);
-    rt.loadTimer = setTimeout(() => void this.pollLoad(rt), secs * 1000);
-    rt.loadTimer.unref();
+    this.scheduleLoadPoll(rt);
   }
 }

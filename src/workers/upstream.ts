@@ -1,8 +1,14 @@
 /**
- * One keep-alive undici Pool per worker URL: the single factory for upstream HTTP clients.
- * Pools are created on first use and closed when the worker leaves the registry.
+ * The single factory for upstream HTTP clients:
+ *  - `get(origin)`: one keep-alive undici Pool per worker origin for proxied traffic, created on
+ *    first use and closed when the worker leaves the registry;
+ *  - `control()`: one shared Agent for the gateway's own sporadic calls to workers (health probes,
+ *    model discovery, load polls). Its per-origin client (one connection) lives only as long as that
+ *    connection: engines close idle connections after a few seconds, so a probe every interval
+ *    reconnects anyway, and 2,000 workers probed (most never routed to, or unreachable) hold no
+ *    Pool each (16 KB of queue apiece) and no sockets between probes.
  */
-import { Pool } from 'undici';
+import { Agent, Pool, type Dispatcher } from 'undici';
 
 export interface UpstreamOptions {
   /** upstream request timeout (headers and body), ms: --request-timeout-secs */
@@ -19,6 +25,7 @@ export interface UpstreamOptions {
 
 export class UpstreamPools {
   private readonly pools = new Map<string, Pool>();
+  private controlAgent: Agent | undefined;
 
   constructor(private readonly opts: UpstreamOptions) {}
 
@@ -51,6 +58,22 @@ export class UpstreamPools {
     return pool;
   }
 
+  /** the dispatcher for probes, discovery and load polls (see the module comment) */
+  control(): Dispatcher {
+    if (!this.controlAgent) {
+      this.controlAgent = new Agent({
+        connections: 1,
+        pipelining: 1,
+        headersTimeout: this.opts.requestTimeoutMs,
+        bodyTimeout: this.opts.requestTimeoutMs,
+        connect: { timeout: this.opts.connectTimeoutMs ?? 10_000 },
+      });
+      // an error surfaces on the request that hit it; never as an unhandled event
+      this.controlAgent.on('connectionError', () => undefined);
+    }
+    return this.controlAgent;
+  }
+
   /** open upstream connections over all pools */
   connections(): number {
     let n = 0;
@@ -66,8 +89,10 @@ export class UpstreamPools {
   }
 
   async closeAll(): Promise<void> {
-    const all = [...this.pools.values()];
+    const all: Dispatcher[] = [...this.pools.values()];
+    if (this.controlAgent) all.push(this.controlAgent);
     this.pools.clear();
+    this.controlAgent = undefined;
     await Promise.all(all.map((p) => p.close().catch(() => undefined)));
   }
 }
