@@ -25,6 +25,13 @@ import {
 let mocks: MockFleetProc;
 let cluster: MeshCluster;
 
+/**
+ * How long a registry write may take to reach every peer: gossip delivers it in milliseconds, and
+ * a lost message is repaired by Automerge sync with a random peer every 10 s (mesh/runtime.ts), so
+ * the bound is two sync rounds and then some. A wait ends as soon as its condition holds.
+ */
+const REPLICATION_MS = 30_000;
+
 async function json(url: string, init?: RequestInit): Promise<{ status: number; body: unknown }> {
   const res = await fetch(url, {
     ...init,
@@ -86,14 +93,14 @@ describe('HA mesh (three real peers)', () => {
     for (const p of cluster.running())
       await waitFor(
         async () => (await workerUrls(p.url)).includes(mocks.urls[0]),
-        10_000,
+        REPLICATION_MS,
         `worker on ${p.spec.name}`,
       );
     const peer3 = cluster.peer(2);
     await waitFor(
       async () =>
         ((await json(`${peer3.url}/mesh/workers`)).body as { health: string }[])[0]?.health === 'ready',
-      10_000,
+      REPLICATION_MS,
       'worker ready on peer 3 (probed by peer 3 itself)',
     );
     const client = new OpenAI({ baseURL: `${peer3.url}/v1`, apiKey: 'none', maxRetries: 0 });
@@ -102,7 +109,7 @@ describe('HA mesh (three real peers)', () => {
       messages: [{ role: 'user', content: 'hello mesh' }],
     });
     expect(r.choices[0].message.content?.length).toBeGreaterThan(0);
-  });
+  }, 120_000);
 
   it('admin writes on any peer reach every peer: workers, config, model policies', async () => {
     const [p1, p2, p3] = cluster.running();
@@ -124,12 +131,12 @@ describe('HA mesh (three real peers)', () => {
     for (const p of [p1, p2, p3]) {
       await waitFor(
         async () => (await workerUrls(p.url)).includes(mocks.urls[1]),
-        5_000,
+        REPLICATION_MS,
         `POST seen by ${p.spec.name}`,
       );
       await waitFor(
         async () => (await json(`${p.url}/mesh/config/feature.x`)).status === 200,
-        5_000,
+        REPLICATION_MS,
         `config seen by ${p.spec.name}`,
       );
       expect((await json(`${p.url}/mesh/config/feature.x`)).body).toEqual({
@@ -142,7 +149,7 @@ describe('HA mesh (three real peers)', () => {
           const r = await json(`${p.url}/mesh/policies/mesh-model`);
           return r.status === 200 && (r.body as { policy_type: string }).policy_type === 'round_robin';
         },
-        5_000,
+        REPLICATION_MS,
         `policy seen by ${p.spec.name}`,
       );
     }
@@ -153,7 +160,11 @@ describe('HA mesh (three real peers)', () => {
       body: JSON.stringify({ url: target, health: { drain_settle_secs: 0 } }),
     });
     const id = (reg.body as { worker_id: string }).worker_id;
-    await waitFor(async () => (await workerUrls(p1.url)).includes(target), 5_000, 'new worker on peer 1');
+    await waitFor(
+      async () => (await workerUrls(p1.url)).includes(target),
+      REPLICATION_MS,
+      'new worker on peer 1',
+    );
     const patched = await json(`${p1.url}/workers/${id}`, {
       method: 'PATCH',
       body: JSON.stringify({ priority: 7 }),
@@ -164,7 +175,7 @@ describe('HA mesh (three real peers)', () => {
         const { body } = await json(`${p2.url}/workers/${id}`);
         return (body as { priority?: number }).priority === 7;
       },
-      5_000,
+      REPLICATION_MS,
       'PATCH from peer 1 seen on peer 2',
     );
     const del = await json(`${p2.url}/workers/${id}`, { method: 'DELETE' });
@@ -172,7 +183,7 @@ describe('HA mesh (three real peers)', () => {
     for (const p of [p1, p2, p3])
       await waitFor(
         async () => !(await workerUrls(p.url)).includes(target),
-        8_000,
+        REPLICATION_MS,
         `DELETE seen by ${p.spec.name}`,
       );
     // bad admin input: clear 400s, nothing written
@@ -184,7 +195,7 @@ describe('HA mesh (three real peers)', () => {
       (await json(`${p1.url}/mesh/policies/m`, { method: 'PUT', body: '{"policy":"nope"}' })).status,
     ).toBe(400);
     expect((await json(`${p1.url}/mesh/workers/unknown`)).status).toBe(404);
-  });
+  }, 120_000);
 
   it('concurrent writes on different peers converge to one registry (same URL twice → one worker)', async () => {
     const peers = cluster.running();
@@ -214,10 +225,10 @@ describe('HA mesh (three real peers)', () => {
           configs.every((c) => c === configs[0])
         );
       },
-      15_000,
+      REPLICATION_MS,
       'convergence of concurrent writes',
     );
-  });
+  }, 120_000);
 
   it('hostile datagrams and connections are dropped and counted; the peer keeps working', async () => {
     const p1 = cluster.peer(0);
