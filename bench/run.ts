@@ -1,12 +1,13 @@
 /**
  * Benchmark runner:
  *
- *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing|mesh-rate-limit|hostile-input|state|logging|scale ...] [--quick] [--profile]
+ *   node dist/bench/run.js [proxy|routing|cache-aware|reliability|mesh|mesh-routing|mesh-rate-limit|hostile-input|body-memory|state|logging|scale ...] [--quick] [--profile]
  *
  * Runs the named benchmarks (default: all, in that order). Each writes its JSON to
  * bench/results/<name>.json and prints it to stdout followed by one `SUMMARY <name>: …` line.
  * Progress goes to stderr. Exit code 1 if a benchmark failed (the others still run).
  */
+import { runBodyMemoryBench } from './body-memory.js';
 import { runCacheAwareBench } from './cache-aware.js';
 import { runHostileInputBench } from './hostile-input.js';
 import { log, writeResult, type BenchOptions, type BenchOutcome } from './common.js';
@@ -31,6 +32,7 @@ const BENCHMARKS: Record<string, (opts: BenchOptions) => Promise<BenchOutcome>> 
   'mesh-routing': runMeshRoutingBench,
   'mesh-rate-limit': runMeshRateLimitBench,
   'hostile-input': runHostileInputBench,
+  'body-memory': runBodyMemoryBench,
   state: runStateBench,
   logging: runLoggingBench,
   scale: runScaleBench,

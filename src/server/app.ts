@@ -21,6 +21,7 @@ import { registerEngineMetricsRoute } from './engine-metrics.js';
 import { ADMIN_BODY_LIMIT_BYTES, registerAdminRoutes } from './admin-routes.js';
 import { registerMeshRoutes, type MeshRouteDeps } from './mesh-routes.js';
 import { makeErrorHandler } from './error-handler.js';
+import { lingerOnClose } from './lingering-close.js';
 import { readBody, RequestBytesBudget, type BodyFailure } from './body-reader.js';
 import { createInferenceFastPath, recordHttpOutcome, type InflightCounter } from './proxy.js';
 import { makeRequestIdGenerator } from './request-id.js';
@@ -163,8 +164,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (request, _payload, done) => {
     const read = readBody(request.raw, adminLimits, (failure, raw) => {
-      if (failure) done(bodyFailures[failure](), undefined);
-      else done(null, raw?.bytes());
+      if (failure) {
+        if (failure !== 'aborted') lingerOnClose(request.raw);
+        done(bodyFailures[failure](), undefined);
+      } else done(null, raw?.bytes());
     });
     const res = responseOf.get(request.raw);
     if (res) res.once('close', read.release);

@@ -179,6 +179,20 @@ describe('bodies are read only after admission, under one byte budget', () => {
     });
     expect(huge.status).toBe(413);
     await huge.arrayBuffer();
+    // refused while still sending: the client reads the answer, never a reset (lingering close)
+    const outcomes = new Map<string, number>();
+    for (let i = 0; i < 40; i++) {
+      const key = await fetch(`${gw.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: chatBody('z'.repeat(1_000_000)),
+      }).then(
+        async (r) => (await r.arrayBuffer(), String(r.status)),
+        (err: Error & { cause?: { code?: string } }) => err.cause?.code ?? err.message,
+      );
+      outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
+    }
+    expect(Object.fromEntries(outcomes)).toEqual({ '413': 40 });
     held.socket.write(body.slice(10));
     await waitFor(async () => statuses(held.received()).includes(200), 10_000, 'the held request is served');
     held.socket.destroy();

@@ -15,6 +15,7 @@ import { RoutingInput, type Endpoint } from '../protocols/routing-text.js';
 import type { WorkerView } from '../state/registry.js';
 import type { Admission, AdmissionTicket } from './admission/index.js';
 import type { Auth } from './auth.js';
+import { lingerOnClose } from './lingering-close.js';
 import {
   declaredLength,
   readBody,
@@ -261,8 +262,10 @@ export function createInferenceFastPath(
     // connection closes once the answer is out
     const failAndClose = (e: SmgError) => {
       extraHeaders['connection'] = 'close';
+      // what the client still sends is read and dropped for a while, so it sees this answer
+      // rather than a reset
+      lingerOnClose(req);
       fail(e);
-      res.once('finish', () => req.socket.destroy());
     };
 
     let tenant = 'anonymous';

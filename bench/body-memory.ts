@@ -1,0 +1,148 @@
+/**
+ * Memory bounded before admission (issue 13, item 1): many clients uploading large bodies slowly
+ * at once, against one gateway (default policy, cache_aware) and one mock engine.
+ *
+ * 1. `admission`: N concurrent uploads of S MiB (64 KiB every 4 ms per client, backpressure
+ *    honoured) against `--max-concurrent-requests 8` (default queue of 100): the gateway's peak
+ *    RSS, how many were served, refused at admission (429, or the connection reset before the
+ *    client read its 429) or otherwise answered.
+ * 2. `budget`: the same uploads with no concurrency limit and `--max-buffered-request-bytes`
+ *    B MiB: what the byte budget alone holds (503 + Retry-After past it).
+ *
+ * Before the fix every body was read and parsed before admission was asked, so each queued upload
+ * held its whole body: 200 × 8 MiB.
+ */
+import http from 'node:http';
+import { startGatewayProc, startMockFleet, type GatewayProc } from '../src/testing/processes.js';
+import {
+  loadAvg,
+  log,
+  procStatusKb,
+  resultHeader,
+  round,
+  type BenchOptions,
+  type BenchOutcome,
+} from './common.js';
+
+const CHUNK = 64 * 1024;
+const CHUNK_GAP_MS = 4;
+
+function chatBody(bytes: number): Buffer {
+  const prefix = '{"model":"mock-model","max_tokens":1,"messages":[{"role":"user","content":"';
+  const suffix = '"}]}';
+  const body = Buffer.alloc(bytes, 'a');
+  body.write(prefix, 0, 'latin1');
+  body.write(suffix, bytes - suffix.length, 'latin1');
+  return body;
+}
+
+/** one slow upload; its status, or `reset` when the connection died before any answer */
+function upload(gw: GatewayProc, body: Buffer): Promise<number | 'reset'> {
+  const u = new URL(gw.url);
+  return new Promise((resolve) => {
+    let status: number | undefined;
+    const req = http.request({
+      host: u.hostname,
+      port: Number(u.port),
+      path: '/v1/chat/completions',
+      method: 'POST',
+      agent: false,
+      headers: { 'content-type': 'application/json', 'content-length': String(body.length) },
+    });
+    req.on('response', (res) => {
+      status = res.statusCode;
+      res.resume();
+      res.on('end', () => resolve(status as number));
+      res.on('error', () => resolve(status as number));
+    });
+    req.on('error', () => resolve(status ?? 'reset'));
+    let off = 0;
+    const next = (): void => {
+      if (status !== undefined || req.destroyed) return;
+      if (off >= body.length) return void req.end();
+      const end = Math.min(body.length, off + CHUNK);
+      const more = req.write(body.subarray(off, end));
+      off = end;
+      if (more) setTimeout(next, CHUNK_GAP_MS);
+      else req.once('drain', () => setTimeout(next, CHUNK_GAP_MS));
+    };
+    next();
+  });
+}
+
+interface Run {
+  flags: string[];
+  uploads: number;
+  mib: number;
+  idleRssMb: number;
+  peakRssMb: number;
+  seconds: number;
+  statuses: Record<string, number>;
+}
+
+async function scenario(engine: string, flags: string[], uploads: number, mib: number): Promise<Run> {
+  const gw = await startGatewayProc(['--worker-urls', engine, ...flags]);
+  try {
+    const pid = gw.child.pid;
+    const idle = procStatusKb(pid, 'VmRSS') / 1024;
+    let peak = idle;
+    const sampler = setInterval(() => (peak = Math.max(peak, procStatusKb(pid, 'VmRSS') / 1024)), 50);
+    const body = chatBody(mib * 1024 * 1024);
+    const t0 = Date.now();
+    const results = await Promise.all(Array.from({ length: uploads }, () => upload(gw, body)));
+    clearInterval(sampler);
+    peak = Math.max(peak, procStatusKb(pid, 'VmRSS') / 1024);
+    const statuses: Record<string, number> = {};
+    for (const r of results) statuses[String(r)] = (statuses[String(r)] ?? 0) + 1;
+    return {
+      flags,
+      uploads,
+      mib,
+      idleRssMb: round(idle, 1),
+      peakRssMb: round(peak, 1),
+      seconds: round((Date.now() - t0) / 1000, 1),
+      statuses,
+    };
+  } finally {
+    await gw.stop();
+  }
+}
+
+export async function runBodyMemoryBench(opts: BenchOptions): Promise<BenchOutcome> {
+  const header = resultHeader('body-memory', opts);
+  const loadBefore = loadAvg();
+  const uploads = opts.quick ? 60 : 200;
+  const mib = 8;
+  const budgetMib = 128;
+  const mocks = await startMockFleet(1, ['--model', 'mock-model', '--output-tokens', '1']);
+  try {
+    const engine = mocks.urls[0];
+    log(`body-memory: ${uploads} uploads of ${mib} MiB against --max-concurrent-requests 8`);
+    const admission = await scenario(
+      engine,
+      ['--max-concurrent-requests', '8', '--queue-timeout-secs', '600'],
+      uploads,
+      mib,
+    );
+    log(`body-memory: the same with no concurrency limit and a ${budgetMib} MiB body budget`);
+    const budget = await scenario(
+      engine,
+      ['--max-buffered-request-bytes', String(budgetMib * 1024 * 1024)],
+      uploads,
+      mib,
+    );
+    const result = { ...header, loadAfter: loadAvg(), admission, budget };
+    const show = (s: Record<string, number>) =>
+      Object.entries(s)
+        .map(([k, v]) => `${v}×${k}`)
+        .join(' ');
+    const summary =
+      `${uploads} × ${mib} MiB slow uploads: --max-concurrent-requests 8 → peak RSS ${admission.peakRssMb} MB ` +
+      `(idle ${admission.idleRssMb}; ${show(admission.statuses)}; ${admission.seconds} s); ` +
+      `no limit, ${budgetMib} MiB budget → peak RSS ${budget.peakRssMb} MB (${show(budget.statuses)}); ` +
+      `load ${loadBefore.join('/')} → ${loadAvg().join('/')}`;
+    return { result, summary };
+  } finally {
+    await mocks.stop();
+  }
+}
