@@ -4,8 +4,8 @@
  *
  * 1. `admission`: N concurrent uploads of S MiB (64 KiB every 4 ms per client, backpressure
  *    honoured) against `--max-concurrent-requests 8` (default queue of 100): the gateway's peak
- *    RSS, how many were served, refused at admission (429, or the connection reset before the
- *    client read its 429) or otherwise answered.
+ *    RSS, how many were served, refused at admission (429) or otherwise answered (`reset`: the
+ *    connection died before any answer; lingering close should make that 0).
  * 2. `budget`: the same uploads with no concurrency limit and `--max-buffered-request-bytes`
  *    B MiB: what the byte budget alone holds (503 + Retry-After past it).
  *

@@ -4,6 +4,7 @@
  * completions join prompts; generate uses `text` or the token ids; embeddings / classify join the
  * inputs. Never throws: odd shapes contribute nothing.
  */
+import { largeStringOf, type LargeString } from './large-strings.js';
 
 export type Endpoint =
   'chat' | 'completions' | 'embeddings' | 'generate' | 'rerank' | 'classify' | 'responses' | 'messages';
@@ -64,15 +65,40 @@ class Pieces {
   /** characters so far, a separator before every piece but the first included */
   private length = 0;
   private cut = false;
+  /** a piece is a slice of a client string (which it would keep alive) */
+  private sliced = false;
+
+  /** @param large the body's large strings, when it was parsed with them left in its bytes */
+  constructor(private readonly large?: ReadonlyMap<string, LargeString>) {}
 
   push(s: string): void {
     if (this.cut) return;
     const room = MAX_ROUTING_TEXT_CHARS - this.length - (this.list.length > 0 ? 1 : 0);
+    const big = largeStringOf(this.large, s);
+    if (big !== undefined) {
+      // a large string is never empty; decoded from the body's bytes, no further than there is
+      // room for (one more character tells whether it is cut): a fresh string of its own
+      if (room <= 0) {
+        this.cut = true;
+        return;
+      }
+      const head = big.prefix(room + 1);
+      if (head.length > room) {
+        this.cut = true;
+        this.add(head.slice(0, room));
+      } else this.add(head);
+      return;
+    }
     if (s.length > room) {
       this.cut = true;
       if (room <= 0) return;
       s = s.slice(0, room);
+      this.sliced = true;
     }
+    this.add(s);
+  }
+
+  private add(s: string): void {
     this.length += s.length + (this.list.length > 0 ? 1 : 0);
     this.list.push(s);
   }
@@ -80,12 +106,16 @@ class Pieces {
   join(): string {
     const text = this.list.join(' ');
     // a cut piece is a slice of the whole prompt and would keep it alive: `flat` makes it a copy
-    return this.cut && this.list.length === 1 ? flat(text) : text;
+    return this.sliced && this.list.length === 1 ? flat(text) : text;
   }
 }
 
-export function extractRoutingText(endpoint: Endpoint, body: Record<string, Json>): string {
-  const out = new Pieces();
+export function extractRoutingText(
+  endpoint: Endpoint,
+  body: Record<string, Json>,
+  large?: ReadonlyMap<string, LargeString>,
+): string {
+  const out = new Pieces(large);
   switch (endpoint) {
     case 'chat':
       if (Array.isArray(body.messages)) {
@@ -125,6 +155,12 @@ export function extractRoutingText(endpoint: Endpoint, body: Record<string, Json
   return out.join();
 }
 
+/** a parsed request body; `large`: its large strings, when they were left in the body's bytes */
+export interface ParsedBody {
+  value: Record<string, Json>;
+  large?: ReadonlyMap<string, LargeString>;
+}
+
 /**
  * What routing reads from a request body: the model, the stream flag and, only when a policy asks,
  * the routing text. `release()` lets the parsed body go once the first worker is chosen, so a
@@ -134,21 +170,24 @@ export function extractRoutingText(endpoint: Endpoint, body: Record<string, Json
 export class RoutingInput {
   readonly model: unknown;
   readonly stream: boolean;
-  private body: Record<string, Json> | undefined;
+  private body: ParsedBody | undefined;
 
   constructor(
     readonly endpoint: Endpoint,
-    body: Record<string, Json>,
-    private readonly reparse: () => Record<string, Json>,
+    body: ParsedBody,
+    private readonly reparse: () => ParsedBody,
   ) {
     this.body = body;
-    this.model = body.model;
-    this.stream = body.stream === true;
+    const model = body.value.model;
+    const big = typeof model === 'string' ? largeStringOf(body.large, model) : undefined;
+    this.model = big ? big.full() : model;
+    this.stream = body.value.stream === true;
   }
 
   /** {@link extractRoutingText} of the body */
   text(): string {
-    return extractRoutingText(this.endpoint, this.body ?? this.reparse());
+    const body = this.body ?? this.reparse();
+    return extractRoutingText(this.endpoint, body.value, body.large);
   }
 
   /** the parsed body is no longer needed */

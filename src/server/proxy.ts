@@ -11,7 +11,8 @@ import type { Metrics } from '../observability/metrics.js';
 import type { Tracing } from '../observability/tracing.js';
 import { errors, SmgError } from '../protocols/errors.js';
 import { jsonDepth, MAX_BODY_DEPTH } from '../protocols/json-depth.js';
-import { RoutingInput, type Endpoint } from '../protocols/routing-text.js';
+import { parseWithLargeStrings } from '../protocols/large-strings.js';
+import { RoutingInput, type Endpoint, type ParsedBody } from '../protocols/routing-text.js';
 import type { WorkerView } from '../state/registry.js';
 import type { Admission, AdmissionTicket } from './admission/index.js';
 import type { Auth } from './auth.js';
@@ -34,12 +35,21 @@ import { ENDPOINT_BY_PATH } from './request-id.js';
 
 export { responseHeaders, upstreamRequestHeaders, type InflightCounter } from './forward.js';
 
+/**
+ * Bodies at least this large are parsed with their large strings left in the bytes
+ * (src/protocols/large-strings.ts); smaller ones by JSON.parse alone, which is faster for them.
+ */
+export const LARGE_BODY_BYTES = 1024 * 1024;
+
 /** an inference body: a JSON object, nested no deeper than SMG accepts (else 400) */
-export function parseInferenceBody(raw: RequestBody): Record<string, unknown> {
+export function parseInferenceBody(raw: RequestBody): ParsedBody {
   if (raw.length === 0) throw errors.invalidJson('request body is empty');
   let parsed: unknown;
+  let large: ParsedBody['large'];
   try {
-    parsed = JSON.parse(raw.text());
+    const lazy = raw.length >= LARGE_BODY_BYTES ? parseLarge(raw) : undefined;
+    if (lazy) ({ value: parsed, large } = lazy);
+    else parsed = JSON.parse(raw.text());
   } catch (err) {
     throw errors.invalidJson(err instanceof Error ? err.message : String(err));
   }
@@ -50,7 +60,19 @@ export function parseInferenceBody(raw: RequestBody): Record<string, unknown> {
   if (jsonDepth(parsed, MAX_BODY_DEPTH) > MAX_BODY_DEPTH) {
     throw errors.invalidJson(`the body nests more than ${MAX_BODY_DEPTH} levels deep`);
   }
-  return parsed as Record<string, unknown>;
+  return { value: parsed as Record<string, unknown>, large };
+}
+
+/**
+ * A large body with its large strings left in place; undefined when it has none. A body it
+ * refuses is parsed again by JSON.parse, whose message (and verdict) the client gets.
+ */
+function parseLarge(raw: RequestBody): { value: unknown; large: ParsedBody['large'] } | undefined {
+  try {
+    return parseWithLargeStrings(raw.chunks);
+  } catch {
+    return { value: JSON.parse(raw.text()) as unknown, large: undefined };
+  }
 }
 
 /** what the HTTP layer records for every response, fast path or fastify */

@@ -17,7 +17,7 @@ import { OTHER_MODEL_LABEL, WorkerSelection } from './worker-selection.js';
 
 /** what the request path hands selection for a parsed body */
 const input = (endpoint: Endpoint, body: Record<string, unknown>) =>
-  new RoutingInput(endpoint, body, () => body);
+  new RoutingInput(endpoint, { value: body }, () => ({ value: body }));
 
 function selection(
   workers: { url: string; models: string[] }[],
@@ -104,7 +104,7 @@ describe('inference bodies: depth', () => {
     // the body object is level 1, so the prompt may nest MAX_BODY_DEPTH - 1 lists
     const ok = parse('prompt', MAX_BODY_DEPTH - 1);
     const { sel } = selection([{ url: 'http://a:1', models: [] }], {}, 'cache_aware');
-    expect(sel.select(input('completions', ok), {}).worker.url).toBe('http://a:1');
+    expect(sel.select(input('completions', ok.value), {}).worker.url).toBe('http://a:1');
     for (const field of ['prompt', 'text', 'input', 'messages']) {
       const e = thrown(() => parse(field, 8_000));
       expect(e.status).toBe(400);
