@@ -237,21 +237,28 @@ function runStream(e: Engine, res: ServerResponse, job: Job, plan: StreamPlan): 
   const n = plan.n;
   let i = 0;
   let started = false;
+  // events due at the same instant leave in one write (one packet), as an engine's would; a
+  // collected batch rather than res.cork(): on Node 22 a cork taken before writeHead is never
+  // released, and the stream stalls after its first event
+  const batch: string[] = [];
+  const sink = { write: (s: string) => batch.push(s) };
+  const flush = (then?: () => void) => {
+    if (batch.length === 0) return then?.();
+    res.write(batch.length === 1 ? batch[0] : batch.join(''), then && (() => then()));
+    batch.length = 0;
+  };
   const step = () => {
     job.timer = undefined;
     if (job.closed || res.destroyed) return;
-    // events due at the same instant leave in one packet; each is still its own write
-    res.cork();
-    let cut: boolean;
-    try {
-      cut = emit();
-    } finally {
-      res.uncork();
+    const cut = emit();
+    // the injected mid-stream failure: the tokens so far reach the client, then the socket dies
+    if (cut) flush(() => res.destroy());
+    else {
+      flush();
+      if (i >= n) res.end();
     }
-    // the injected mid-stream failure: the tokens so far are flushed, then the socket dies
-    if (cut) res.destroy();
   };
-  /** writes what is due now; true = cut the stream here */
+  /** collects what is due now; true = cut the stream here */
   const emit = (): boolean => {
     if (!started) {
       started = true;
@@ -264,10 +271,10 @@ function runStream(e: Engine, res: ServerResponse, job: Job, plan: StreamPlan): 
         e.label,
       ]);
       e.commit(plan.prefill);
-      plan.head(res);
+      plan.head(sink);
     }
     while (i < n) {
-      plan.token(i, res);
+      plan.token(i, sink);
       i++;
       e.generationTokensTotal += plan.choices;
       if (failAfter > 0 && i === failAfter) return true;
@@ -276,14 +283,16 @@ function runStream(e: Engine, res: ServerResponse, job: Job, plan: StreamPlan): 
           job.timer = setTimeout(step, itl);
           return false;
         }
-        if (res.writableNeedDrain) {
-          res.once('drain', step);
-          return false;
+        if (batch.length >= 64) {
+          flush();
+          if (res.writableNeedDrain) {
+            res.once('drain', step);
+            return false;
+          }
         }
       }
     }
-    plan.tail(res);
-    res.end();
+    plan.tail(sink);
     return false;
   };
   const delay = plan.prefill.delayMs;
