@@ -240,7 +240,9 @@ describe('NodeStore refuses files it does not own, and leaves them untouched', (
     const store = openStore();
     expectStoreError(() => openStore(), /already open in this process/);
     store.close();
-    // another process takes the lock as the store does (exclusive locking mode, empty write)
+    // another process takes the lock as the store does (exclusive locking mode, empty write); the
+    // timer keeps the connection reachable: on Node 22 a module variable no closure captures is
+    // collected, and the finalizer closes the connection (and drops the lock)
     const holder = spawn(
       process.execPath,
       [
@@ -251,7 +253,7 @@ describe('NodeStore refuses files it does not own, and leaves them untouched', (
          db.pragma('locking_mode = EXCLUSIVE');
          db.exec('BEGIN EXCLUSIVE'); db.exec('COMMIT');
          console.log('locked');
-         setInterval(() => undefined, 1000);`,
+         setInterval(() => db.open, 1000);`,
       ],
       { cwd: process.cwd(), stdio: ['ignore', 'pipe', 'inherit'] },
     );

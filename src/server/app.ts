@@ -21,6 +21,7 @@ import { registerEngineMetricsRoute } from './engine-metrics.js';
 import { ADMIN_BODY_LIMIT_BYTES, registerAdminRoutes } from './admin-routes.js';
 import { registerMeshRoutes, type MeshRouteDeps } from './mesh-routes.js';
 import { makeErrorHandler } from './error-handler.js';
+import { LargeBodyReclaimer } from './large-body-gc.js';
 import { lingerOnClose } from './lingering-close.js';
 import { readBody, RequestBytesBudget, type BodyFailure } from './body-reader.js';
 import { createInferenceFastPath, recordHttpOutcome, type InflightCounter } from './proxy.js';
@@ -82,7 +83,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   const corsHeaders = makeCors(cfg.corsAllowedOrigins);
   // one budget for every request body this process holds, inference or admin; a body larger than
   // the whole budget could never be read: it is simply too large
-  const bodyBudget = new RequestBytesBudget(cfg.maxBufferedRequestBytes);
+  const reclaimer = new LargeBodyReclaimer();
+  const bodyBudget = new RequestBytesBudget(cfg.maxBufferedRequestBytes, (n) => reclaimer.bodyReleased(n));
   const bodyLimit = Math.min(cfg.maxPayloadSize, cfg.maxBufferedRequestBytes);
   const bodyLimits = { limit: bodyLimit, timeoutMs: cfg.bodyReadTimeoutSecs * 1000, budget: bodyBudget };
   const adminLimits = { ...bodyLimits, limit: Math.min(ADMIN_BODY_LIMIT_BYTES, bodyLimit) };

@@ -21,7 +21,11 @@ import { StringDecoder } from 'node:string_decoder';
 export class RequestBytesBudget {
   private held = 0;
 
-  constructor(readonly cap: number) {}
+  /** @param onReleased told of every body given back (the gateway: a LargeBodyReclaimer) */
+  constructor(
+    readonly cap: number,
+    private readonly onReleased?: (bytes: number) => void,
+  ) {}
 
   get used(): number {
     return this.held;
@@ -36,6 +40,7 @@ export class RequestBytesBudget {
 
   give(n: number): void {
     this.held = Math.max(0, this.held - n);
+    this.onReleased?.(n);
   }
 
   /** would a request declaring `n` bytes fit now? (nothing is taken) */
