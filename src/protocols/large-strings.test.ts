@@ -1,18 +1,10 @@
 import { describe, expect, it } from 'vitest';
+import { seededRandom } from '../testing/prng.js';
 import { LargeString, largeStringOf, parseWithLargeStrings } from './large-strings.js';
 import { extractRoutingText, MAX_ROUTING_TEXT_CHARS } from './routing-text.js';
 
-/** a small deterministic PRNG (mulberry32), so every run tests the same documents */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** every run tests the same documents */
+const rng = seededRandom;
 
 const ALPHABET = ['a', 'b', ' ', 'é', '中', '😀', '"', '\\', '\n', '\t', '\u0001', '/', '\u2028'];
 
