@@ -12,8 +12,8 @@
  * Before the fix every body was read and parsed before admission was asked, so each queued upload
  * held its whole body: 200 × 8 MiB.
  */
-import http from 'node:http';
-import { startGatewayProc, startMockFleet, type GatewayProc } from '../src/testing/processes.js';
+import { startGatewayProc, startMockFleet } from '../src/testing/processes.js';
+import { largeChatBody, slowUpload } from '../src/testing/slow-upload.js';
 import {
   loadAvg,
   log,
@@ -26,49 +26,6 @@ import {
 
 const CHUNK = 64 * 1024;
 const CHUNK_GAP_MS = 4;
-
-function chatBody(bytes: number): Buffer {
-  const prefix = '{"model":"mock-model","max_tokens":1,"messages":[{"role":"user","content":"';
-  const suffix = '"}]}';
-  const body = Buffer.alloc(bytes, 'a');
-  body.write(prefix, 0, 'latin1');
-  body.write(suffix, bytes - suffix.length, 'latin1');
-  return body;
-}
-
-/** one slow upload; its status, or `reset` when the connection died before any answer */
-function upload(gw: GatewayProc, body: Buffer): Promise<number | 'reset'> {
-  const u = new URL(gw.url);
-  return new Promise((resolve) => {
-    let status: number | undefined;
-    const req = http.request({
-      host: u.hostname,
-      port: Number(u.port),
-      path: '/v1/chat/completions',
-      method: 'POST',
-      agent: false,
-      headers: { 'content-type': 'application/json', 'content-length': String(body.length) },
-    });
-    req.on('response', (res) => {
-      status = res.statusCode;
-      res.resume();
-      res.on('end', () => resolve(status as number));
-      res.on('error', () => resolve(status as number));
-    });
-    req.on('error', () => resolve(status ?? 'reset'));
-    let off = 0;
-    const next = (): void => {
-      if (status !== undefined || req.destroyed) return;
-      if (off >= body.length) return void req.end();
-      const end = Math.min(body.length, off + CHUNK);
-      const more = req.write(body.subarray(off, end));
-      off = end;
-      if (more) setTimeout(next, CHUNK_GAP_MS);
-      else req.once('drain', () => setTimeout(next, CHUNK_GAP_MS));
-    };
-    next();
-  });
-}
 
 interface Run {
   flags: string[];
@@ -87,9 +44,11 @@ async function scenario(engine: string, flags: string[], uploads: number, mib: n
     const idle = procStatusKb(pid, 'VmRSS') / 1024;
     let peak = idle;
     const sampler = setInterval(() => (peak = Math.max(peak, procStatusKb(pid, 'VmRSS') / 1024)), 50);
-    const body = chatBody(mib * 1024 * 1024);
+    const body = largeChatBody(mib * 1024 * 1024);
     const t0 = Date.now();
-    const results = await Promise.all(Array.from({ length: uploads }, () => upload(gw, body)));
+    const results = await Promise.all(
+      Array.from({ length: uploads }, () => slowUpload(gw.url, body, CHUNK, CHUNK_GAP_MS)),
+    );
     clearInterval(sampler);
     peak = Math.max(peak, procStatusKb(pid, 'VmRSS') / 1024);
     const statuses: Record<string, number> = {};

@@ -6,7 +6,6 @@
  * timeouts apply to the server that listens.
  */
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -17,6 +16,7 @@ import {
   type GatewayProc,
   type MockFleetProc,
 } from '../testing/processes.js';
+import { largeChatBody, slowUpload } from '../testing/slow-upload.js';
 
 let mocks: MockFleetProc;
 
@@ -247,50 +247,13 @@ describe('bodies are read only after admission, under one byte budget', () => {
       '--queue-timeout-secs',
       '600',
     ]);
-    const SIZE = 8 * 1024 * 1024;
-    const prefix = '{"model":"mock-model","max_tokens":1,"messages":[{"role":"user","content":"';
-    const suffix = '"}]}';
-    const body = Buffer.alloc(SIZE, 'a');
-    body.write(prefix, 0, 'latin1');
-    body.write(suffix, SIZE - suffix.length, 'latin1');
+    const body = largeChatBody(8 * 1024 * 1024);
     const pid = gw.child.pid as number;
     let peakRss = rssBytes(pid);
     const sampler = setInterval(() => (peakRss = Math.max(peakRss, rssBytes(pid))), 50);
-    const u = new URL(gw.url);
-    const CHUNK = 256 * 1024;
-
-    // each upload sends 256 KiB, then waits 15 ms (~16 MiB/s), honouring backpressure
-    const upload = () =>
-      new Promise<number | 'reset'>((resolve) => {
-        let status: number | undefined;
-        const req = http.request({
-          host: u.hostname,
-          port: Number(u.port),
-          path: '/v1/chat/completions',
-          method: 'POST',
-          agent: false,
-          headers: { 'content-type': 'application/json', 'content-length': String(SIZE) },
-        });
-        req.on('response', (res) => {
-          status = res.statusCode;
-          res.resume();
-          res.on('end', () => resolve(status as number));
-          res.on('error', () => resolve(status as number));
-        });
-        // a refused upload reads its 429 (lingering close), never a reset
-        req.on('error', () => resolve(status ?? 'reset'));
-        let off = 0;
-        const next = () => {
-          if (status !== undefined || req.destroyed) return;
-          if (off >= SIZE) return void req.end();
-          const end = Math.min(SIZE, off + CHUNK);
-          const more = req.write(body.subarray(off, end));
-          off = end;
-          if (more) setTimeout(next, 15);
-          else req.once('drain', () => setTimeout(next, 15));
-        };
-        next();
-      });
+    // each upload sends 256 KiB, then waits 15 ms (~16 MiB/s), honouring backpressure; a refused
+    // upload reads its 429 (lingering close), never a reset
+    const upload = () => slowUpload(gw.url, body, 256 * 1024, 15);
 
     const results = await Promise.all(Array.from({ length: 200 }, upload));
     clearInterval(sampler);

@@ -17,6 +17,14 @@ import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 
+/**
+ * A body at least this large is a large body: parsed with its large strings left in its bytes
+ * (src/protocols/large-strings.ts), and its memory reclaimed soon after its request ends
+ * (src/server/large-body-gc.ts). Smaller bodies are parsed by JSON.parse alone (faster for them)
+ * and die young.
+ */
+export const LARGE_BODY_BYTES = 1024 * 1024;
+
 /** the bytes of request bodies held by this process right now, against one cap */
 export class RequestBytesBudget {
   private held = 0;

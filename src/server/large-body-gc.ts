@@ -17,11 +17,12 @@
  */
 import v8 from 'node:v8';
 import vm from 'node:vm';
+import { LARGE_BODY_BYTES } from './body-reader.js';
+
+export { LARGE_BODY_BYTES };
 
 /** released body bytes that make a collection worth its cost */
 export const LARGE_BODY_RECLAIM_BYTES = 16 * 1024 * 1024;
-/** bodies below this size are not counted (they do not outlive a minor collection) */
-export const LARGE_BODY_BYTES = 1024 * 1024;
 const MIN_INTERVAL_MS = 250;
 
 type GcFunction = (options?: { type?: 'major' | 'minor'; execution?: 'sync' | 'async' }) => unknown;

@@ -19,6 +19,7 @@ import type { Auth } from './auth.js';
 import { lingerOnClose } from './lingering-close.js';
 import {
   declaredLength,
+  LARGE_BODY_BYTES,
   readBody,
   type BodyFailure,
   type RequestBody,
@@ -35,18 +36,13 @@ import { ENDPOINT_BY_PATH } from './request-id.js';
 
 export { responseHeaders, upstreamRequestHeaders, type InflightCounter } from './forward.js';
 
-/**
- * Bodies at least this large are parsed with their large strings left in the bytes
- * (src/protocols/large-strings.ts); smaller ones by JSON.parse alone, which is faster for them.
- */
-export const LARGE_BODY_BYTES = 1024 * 1024;
-
 /** an inference body: a JSON object, nested no deeper than SMG accepts (else 400) */
 export function parseInferenceBody(raw: RequestBody): ParsedBody {
   if (raw.length === 0) throw errors.invalidJson('request body is empty');
   let parsed: unknown;
   let large: ParsedBody['large'];
   try {
+    // a large body keeps its large strings in its bytes; smaller ones: JSON.parse alone, faster for them
     const lazy = raw.length >= LARGE_BODY_BYTES ? parseLarge(raw) : undefined;
     if (lazy) ({ value: parsed, large } = lazy);
     else parsed = JSON.parse(raw.text());
